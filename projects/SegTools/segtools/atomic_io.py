@@ -1,0 +1,71 @@
+"""Writers that never leave half a file behind: write to a temporary name, then rename."""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+
+__all__ = ["atomic_write_json", "atomic_write_text", "atomic_write_image", "atomic_directory"]
+
+
+@contextlib.contextmanager
+def _temporary_sibling(path: str, suffix: str) -> Iterator[str]:
+    """Yield a temporary path next to `path`; rename it onto `path` if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    with _temporary_sibling(path, ".txt") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def atomic_write_json(path: str, obj, indent=None) -> None:
+    with _temporary_sibling(path, ".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=indent)
+
+
+def atomic_write_image(path: str, image: np.ndarray) -> None:
+    """Write an image (H, W) or (H, W, 3) BGR uint8 array with OpenCV; the format follows `path`."""
+    ext = os.path.splitext(path)[1]
+    ok, encoded = cv2.imencode(ext, image)
+    if not ok:
+        raise OSError(f"OpenCV could not encode an image as '{ext}' for {path}")
+    with _temporary_sibling(path, ext) as tmp, open(tmp, "wb") as f:
+        f.write(encoded.tobytes())
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str) -> Iterator[str]:
+    """
+    Yield a temporary directory that becomes `path` when the block succeeds.
+
+    If `path` appears meanwhile (another process finished first), the new copy is discarded and
+    the existing one kept, so concurrent writers of the same deterministic content are safe.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not os.path.isdir(path):
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)

@@ -1,0 +1,53 @@
+"""Choose the evaluator(s) of a dataset from its metadata."""
+
+import os
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    COCOEvaluator,
+    DatasetEvaluators,
+)
+
+from ..data.cityscapes_street import ensure_cityscapes_supported
+from .cityscapes_subset import CityscapesSubsetInstanceEvaluator
+from .lvis import LVISEvaluatorNumpyCompat
+
+__all__ = ["build_evaluator"]
+
+
+def build_evaluator(cfg, dataset_name: str, output_folder: str):
+    """
+    The evaluator for `dataset_name`, chosen by its metadata's `evaluator_type`:
+
+    * "coco": COCOEvaluator (box and mask AP), counting up to TEST.DETECTIONS_PER_IMAGE
+      detections per image, so dense ore images are not cut at COCO's default 100;
+    * "lvis": LVISEvaluator;
+    * "cityscapes_instance": CityscapesInstanceEvaluator (the 8 classes);
+    * "cityscapes_instance_subset": the Cityscapes evaluator averaged over the dataset's own
+      classes, plus COCO-style AP.
+    """
+    evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None)
+    max_dets = cfg.TEST.DETECTIONS_PER_IMAGE
+    os.makedirs(output_folder, exist_ok=True)
+    if evaluator_type == "coco":
+        return COCOEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets)
+    if evaluator_type == "lvis":
+        return LVISEvaluatorNumpyCompat(
+            dataset_name, output_dir=output_folder, max_dets_per_image=max_dets
+        )
+    if evaluator_type == "cityscapes_instance":
+        ensure_cityscapes_supported()
+        return CityscapesInstanceEvaluator(dataset_name)
+    if evaluator_type == "cityscapes_instance_subset":
+        ensure_cityscapes_supported()
+        return DatasetEvaluators(
+            [
+                CityscapesSubsetInstanceEvaluator(dataset_name),
+                COCOEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets),
+            ]
+        )
+    raise NotImplementedError(
+        f"No evaluator for dataset '{dataset_name}' with evaluator_type={evaluator_type!r}; "
+        "register it with one of: coco, lvis, cityscapes_instance, cityscapes_instance_subset."
+    )
