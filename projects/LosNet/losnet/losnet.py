@@ -1,0 +1,558 @@
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import batched_nms, cat
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.modeling.meta_arch.fcos import FCOS
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
+from detectron2.structures.boxes import matched_pairwise_iou
+from detectron2.utils.events import get_event_storage
+from fvcore.nn import giou_loss, sigmoid_focal_loss_jit
+
+from .dynamic_mask_head import DynamicMaskHead, dice_loss
+from .head import LosNetHead
+from .mask_branch import MaskBranch
+
+__all__ = ["LosNet", "select_mask_positives"]
+
+# Mask probabilities above this value are foreground.
+_MASK_THRESHOLD = 0.5
+# Masks are pasted at output resolution this many instances at a time, to bound memory.
+_PASTE_CHUNK = 32
+
+
+def select_mask_positives(gt_indices: torch.Tensor, scores: torch.Tensor, cap: int) -> torch.Tensor:
+    """
+    Choose the positive locations that train the mask head of one image: each ground-truth
+    instance keeps its `max(cap // #instances, 1)` highest-scoring positives.
+
+    Args:
+        gt_indices: (P,) matched instance of each positive location.
+        scores: (P,) detection score of each positive location.
+        cap: the per-image budget; negative keeps all.
+
+    Returns:
+        (P',) indices into the P positives, P' <= max(cap, #instances).
+    """
+    if cap < 0 or len(gt_indices) <= cap:
+        return torch.arange(len(gt_indices), device=gt_indices.device)
+    num_instances = len(torch.unique(gt_indices))
+    quota = max(cap // num_instances, 1)
+    by_score = scores.argsort(descending=True)
+    order = by_score[gt_indices[by_score].argsort(stable=True)]  # grouped by instance
+    _, counts = torch.unique_consecutive(gt_indices[order], return_counts=True)
+    group_starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    rank_in_group = torch.arange(len(order), device=order.device) - group_starts
+    return order[rank_in_group < quota]
+
+
+@META_ARCH_REGISTRY.register()
+class LosNet(FCOS):
+    """
+    LosNet (Sun et al., "Efficient and Lightweight Framework for Real-Time Ore Image Segmentation
+    Based on Deep Learning", Minerals 2022): a CondInst-style one-stage instance segmenter.
+
+    Detection follows FCOS, whose anchor-point assignment (centre sampling, a size range per
+    level, the smallest box wins) this class inherits from Detectron2's :class:`FCOS`; the last
+    level's range is open-ended, so an object of any size gets positives. Each location also
+    predicts the parameters of a dynamic mask head that turns the shared mask-branch features
+    into that instance's mask.
+
+    Losses (eq. 3-5): focal loss on classes, GIoU on boxes, BCE on box quality, dice on masks,
+    all but dice normalised by the (EMA of the) number of positive locations.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone,
+        head: LosNetHead,
+        head_in_features: list[str],
+        mask_branch: MaskBranch,
+        mask_head: DynamicMaskHead,
+        num_classes: int,
+        box_quality: str,
+        center_sampling_radius: float,
+        focal_loss_alpha: float,
+        focal_loss_gamma: float,
+        mask_loss_weight: float,
+        mask_positives_per_image: int,
+        test_score_thresh: float,
+        test_topk_candidates: int,
+        test_nms_thresh: float,
+        max_detections_per_image: int,
+        pixel_mean,
+        pixel_std,
+    ):
+        """
+        Args:
+            box_quality: "centerness" (paper) or "iou" (authors' code), the target of the
+                quality branch.
+            mask_positives_per_image: see :func:`select_mask_positives`.
+            Other arguments mean the same as in :class:`FCOS`.
+        """
+        super().__init__(
+            backbone=backbone,
+            head=head,
+            head_in_features=head_in_features,
+            num_classes=num_classes,
+            center_sampling_radius=center_sampling_radius,
+            focal_loss_alpha=focal_loss_alpha,
+            focal_loss_gamma=focal_loss_gamma,
+            test_score_thresh=test_score_thresh,
+            test_topk_candidates=test_topk_candidates,
+            test_nms_thresh=test_nms_thresh,
+            max_detections_per_image=max_detections_per_image,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+        )
+        if box_quality not in ("centerness", "iou"):
+            raise ValueError(f"MODEL.LOSNET.BOX_QUALITY={box_quality!r}: use 'centerness' or 'iou'")
+        strides = [backbone.output_shape()[f].stride for f in self.head_in_features]
+        # Anchor points at pixel centres ((j + 0.5) * stride), the convention the mask head's
+        # relative coordinates and the mask upsampling share.
+        self.anchor_generator = DefaultAnchorGenerator(
+            sizes=[[s] for s in strides], aspect_ratios=[1.0], strides=strides, offset=0.5
+        )
+        # Relative coordinates of a level are divided by its size of interest: the upper end
+        # of the FCOS size range of the level (8 x stride), 64, 128, 256 for P3-P5.
+        self.sizes_of_interest = [8 * s for s in strides]
+        self.mask_branch = mask_branch
+        self.mask_head = mask_head
+        self.box_quality = box_quality
+        self.mask_loss_weight = mask_loss_weight
+        self.mask_positives_per_image = mask_positives_per_image
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        losnet = cfg.MODEL.LOSNET
+        for key, names in (
+            ("IN_FEATURES", losnet.IN_FEATURES),
+            ("MASK_BRANCH.IN_FEATURES", losnet.MASK_BRANCH.IN_FEATURES),
+        ):
+            missing = [name for name in names if name not in shapes]
+            if missing:
+                raise ValueError(
+                    f"MODEL.LOSNET.{key} names {missing}, which the backbone does not output "
+                    f"(it outputs {list(shapes)})"
+                )
+        mask_branch = MaskBranch(
+            cfg, {name: shapes[name] for name in losnet.MASK_BRANCH.IN_FEATURES}
+        )
+        mask_head = DynamicMaskHead(
+            cfg, in_channels=mask_branch.out_channels, in_stride=mask_branch.out_stride
+        )
+        head = LosNetHead(
+            cfg,
+            [shapes[name] for name in losnet.IN_FEATURES],
+            num_controller_params=mask_head.num_params,
+        )
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": losnet.IN_FEATURES,
+            "mask_branch": mask_branch,
+            "mask_head": mask_head,
+            "num_classes": losnet.NUM_CLASSES,
+            "box_quality": losnet.BOX_QUALITY,
+            "center_sampling_radius": losnet.CENTER_SAMPLING_RADIUS,
+            "focal_loss_alpha": losnet.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": losnet.FOCAL_LOSS_GAMMA,
+            "mask_loss_weight": losnet.MASK_LOSS_WEIGHT,
+            "mask_positives_per_image": losnet.MASK_POSITIVES_PER_IMAGE,
+            "test_score_thresh": losnet.SCORE_THRESH_TEST,
+            "test_topk_candidates": losnet.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": losnet.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    def forward(self, batched_inputs: list[dict[str, torch.Tensor]]):
+        """
+        Args:
+            batched_inputs: as for every Detectron2 model (see :class:`DenseDetector`); training
+                needs "instances" with `gt_boxes`, `gt_classes` and `gt_masks`.
+
+        Returns:
+            In training, a dict of losses. In inference, per image {"instances": Instances} with
+            `pred_boxes`, `scores`, `pred_classes` and boolean `pred_masks` (R, height, width) at
+            the requested output size.
+        """
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        head_features = [features[name] for name in self.head_in_features]
+        predictions = self.head(head_features)
+        mask_features = self.mask_branch(features)
+        if self.training:
+            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+            return self.forward_training(
+                images, head_features, predictions, mask_features, gt_instances
+            )
+        results = self.forward_inference(images, head_features, predictions, mask_features)
+        return [
+            {
+                "instances": self.postprocess(
+                    result, x.get("height", image_size[0]), x.get("width", image_size[1])
+                )
+            }
+            for result, x, image_size in zip(
+                results, batched_inputs, images.image_sizes, strict=True
+            )
+        ]
+
+    def preprocess_image(self, batched_inputs: list[dict[str, torch.Tensor]]) -> ImageList:
+        """Normalise, pad and batch the images (:meth:`DenseDetector.preprocess_image`)."""
+        images = super().preprocess_image(batched_inputs)
+        if not self.training:
+            return images
+        # A BatchNorm cannot train on one value per channel: for a single image smaller than
+        # the largest stride, pad so that the coarsest level is at least 2 x 2.
+        min_size = 2 * self.backbone.size_divisibility
+        height, width = images.tensor.shape[-2:]
+        if height >= min_size and width >= min_size:
+            return images
+        padded = F.pad(images.tensor, (0, max(min_size - width, 0), 0, max(min_size - height, 0)))
+        return ImageList(padded, images.image_sizes)
+
+    # ---------------------------------------------------------------- training
+
+    def forward_training(
+        self,
+        images: ImageList,
+        features: list[torch.Tensor],
+        predictions,
+        mask_features: torch.Tensor,
+        gt_instances: list[Instances],
+    ):
+        pred_logits, pred_deltas, pred_quality, pred_controller = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1, self.mask_head.num_params]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes, matched_indices = self.label_anchors(anchors, gt_instances)
+        losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_quality)
+        losses.update(
+            self.mask_losses(
+                anchors,
+                pred_logits,
+                pred_quality,
+                pred_controller,
+                gt_labels,
+                matched_indices,
+                gt_instances,
+                mask_features,
+                images.tensor.shape[-2:],
+            )
+        )
+        return losses
+
+    @torch.no_grad()
+    def label_anchors(self, anchors: list[Boxes], gt_instances: list[Instances]):
+        """
+        FCOS assignment (:meth:`FCOS._match_anchors`), keeping which instance each anchor
+        point matched.
+
+        Returns:
+            Three lists over images: class labels (R,) with `num_classes` for background,
+            matched boxes (R, 4), and matched instance indices (R,) with -1 for background;
+            R is the number of anchor points of all levels.
+        """
+        num_anchors = sum(len(a) for a in anchors)
+        gt_labels, matched_boxes, matched_indices = [], [], []
+        for instances in gt_instances:
+            if len(instances) > 0:
+                match_quality, matched = self._match_anchors(instances.gt_boxes, anchors).max(dim=0)
+                matched[match_quality < 1e-5] = -1
+                boxes = instances.gt_boxes.tensor[matched.clip(min=0)]
+                labels = instances.gt_classes[matched.clip(min=0)]
+                labels[matched < 0] = self.num_classes
+            else:
+                matched = torch.full((num_anchors,), -1, dtype=torch.long, device=self.device)
+                boxes = torch.zeros((num_anchors, 4), device=self.device)
+                labels = torch.full_like(matched, self.num_classes)
+            gt_labels.append(labels)
+            matched_boxes.append(boxes)
+            matched_indices.append(matched)
+        return gt_labels, matched_boxes, matched_indices
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_quality):
+        """
+        Detection losses (eq. 4 and the quality term).
+
+        Args:
+            anchors: per level, Boxes of the Ri anchor points.
+            pred_logits, pred_deltas, pred_quality: per level, (N, Ri, K), (N, Ri, 4), (N, Ri, 1).
+            gt_labels, gt_boxes: per image, (R,) and (R, 4) from :meth:`label_anchors`.
+        """
+        gt_labels = torch.stack(gt_labels)  # (N, R)
+        positive = gt_labels != self.num_classes
+        num_positive = positive.sum().item()
+        get_event_storage().put_scalar("num_pos_anchors", num_positive / len(gt_labels))
+        normalizer = self._ema_update("loss_normalizer", max(num_positive, 1), 300)
+
+        class_targets = F.one_hot(gt_labels, num_classes=self.num_classes + 1)[:, :, :-1]
+        loss_cls = sigmoid_focal_loss_jit(
+            cat(pred_logits, dim=1),
+            class_targets.to(pred_logits[0].dtype),
+            alpha=self.focal_loss_alpha,
+            gamma=self.focal_loss_gamma,
+            reduction="sum",
+        )
+
+        anchor_boxes = Boxes.cat(anchors).tensor.expand(len(gt_labels), -1, -1)  # (N, R, 4)
+        pred_boxes = self.box2box_transform.apply_deltas(
+            cat(pred_deltas, dim=1)[positive], anchor_boxes[positive]
+        )
+        target_boxes = torch.stack(gt_boxes)[positive]
+        loss_box = giou_loss(pred_boxes, target_boxes, reduction="sum")
+
+        if self.box_quality == "centerness":
+            quality_targets = self.compute_ctrness_targets(anchors, gt_boxes)[positive]
+        else:
+            quality_targets = matched_pairwise_iou(Boxes(pred_boxes.detach()), Boxes(target_boxes))
+        loss_quality = F.binary_cross_entropy_with_logits(
+            cat(pred_quality, dim=1)[..., 0][positive], quality_targets, reduction="sum"
+        )
+        return {
+            "loss_cls": loss_cls / normalizer,
+            "loss_box_giou": loss_box / normalizer,
+            "loss_quality": loss_quality / normalizer,
+        }
+
+    def mask_losses(
+        self,
+        anchors: list[Boxes],
+        pred_logits: list[torch.Tensor],
+        pred_quality: list[torch.Tensor],
+        pred_controller: list[torch.Tensor],
+        gt_labels: list[torch.Tensor],
+        matched_indices: list[torch.Tensor],
+        gt_instances: list[Instances],
+        mask_features: torch.Tensor,
+        padded_size: tuple[int, int],
+    ):
+        """
+        Dice loss (eq. 5) of the dynamic mask head run at the selected positive locations
+        against the ground-truth masks downsampled to the head's output stride.
+
+        Args:
+            pred_controller: per level, (N, Ri, P) dynamic parameters.
+            mask_features: (N, C, H / s, W / s) mask-branch output for the padded batch.
+            padded_size: (H, W) of the padded batch.
+        """
+        anchor_centers = Boxes.cat(anchors).get_centers()  # (R, 2)
+        anchor_sizes_of_interest = cat(
+            [
+                torch.full((len(a),), float(size), device=self.device)
+                for a, size in zip(anchors, self.sizes_of_interest, strict=True)
+            ]
+        )
+        logits = cat(pred_logits, dim=1)  # (N, R, K)
+        quality = cat(pred_quality, dim=1)[..., 0]  # (N, R)
+        controller = cat(pred_controller, dim=1)  # (N, R, P)
+
+        image_indices, anchor_indices, targets = [], [], []
+        for image_index, (instances, labels, matched) in enumerate(
+            zip(gt_instances, gt_labels, matched_indices, strict=True)
+        ):
+            positives = torch.nonzero(matched >= 0)[:, 0]
+            if len(positives) == 0:
+                continue
+            scores = torch.sigmoid(logits[image_index, positives, labels[positives]]) * (
+                torch.sigmoid(quality[image_index, positives])
+            )
+            chosen = select_mask_positives(
+                matched[positives], scores.detach(), self.mask_positives_per_image
+            )
+            positives = positives[chosen]
+            gt_masks = self._mask_targets(instances, padded_size)
+            targets.append(gt_masks[matched[positives]])
+            anchor_indices.append(positives)
+            image_indices.append(torch.full_like(positives, image_index))
+
+        if not targets:
+            # Keep the mask branch and controller in the graph (DDP needs every parameter used).
+            return {"loss_mask": mask_features.sum() * 0.0 + controller.sum() * 0.0}
+        get_event_storage().put_scalar("losnet/num_mask_positives", sum(map(len, targets)))
+        image_indices = cat(image_indices)
+        anchor_indices = cat(anchor_indices)
+        mask_logits = self.mask_head(
+            mask_features,
+            image_indices,
+            anchor_centers[anchor_indices],
+            anchor_sizes_of_interest[anchor_indices],
+            controller[image_indices, anchor_indices],
+        )
+        loss = dice_loss(mask_logits.sigmoid(), cat(targets)).mean()
+        return {"loss_mask": loss * self.mask_loss_weight}
+
+    def _mask_targets(self, instances: Instances, padded_size: tuple[int, int]) -> torch.Tensor:
+        """
+        Returns:
+            (G, H / s, W / s) ground-truth masks of the padded image, area-averaged over each
+            s x s block (s = the mask head's output stride), in [0, 1].
+        """
+        if not instances.has("gt_masks"):
+            raise ValueError(
+                "LosNet trains on instance masks, but the batch has none: set MODEL.MASK_ON True "
+                "so that the dataset mapper loads them."
+            )
+        masks = instances.gt_masks
+        if isinstance(masks, PolygonMasks):
+            masks = BitMasks.from_polygon_masks(masks, *instances.image_size)
+        masks = masks.tensor.to(torch.float32)
+        height, width = masks.shape[-2:]
+        padded = F.pad(masks, (0, padded_size[1] - width, 0, padded_size[0] - height))
+        stride = self.mask_head.out_stride
+        return F.avg_pool2d(padded[:, None], kernel_size=stride, stride=stride)[:, 0]
+
+    # ---------------------------------------------------------------- inference
+
+    def forward_inference(
+        self,
+        images: ImageList,
+        features: list[torch.Tensor],
+        predictions,
+        mask_features: torch.Tensor,
+    ) -> list[Instances]:
+        """
+        Returns:
+            Per image, detections at the network's input size with `pred_boxes`, `scores`,
+            `pred_classes` and `mask_logits` (R, H / s, W / s) over the padded image.
+        """
+        pred_logits, pred_deltas, pred_quality, pred_controller = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1, self.mask_head.num_params]
+        )
+        anchors = self.anchor_generator(features)
+        results = [
+            self.inference_single_image(
+                anchors,
+                [x[index] for x in pred_logits],
+                [x[index] for x in pred_deltas],
+                [x[index] for x in pred_quality],
+                [x[index] for x in pred_controller],
+                image_size,
+            )
+            for index, image_size in enumerate(images.image_sizes)
+        ]
+        # One dynamic-head call for every detection of the batch.
+        image_indices = cat(
+            [torch.full((len(r),), i, device=self.device) for i, r in enumerate(results)]
+        ).long()
+        mask_logits = self.mask_head(
+            mask_features,
+            image_indices,
+            cat([r.locations for r in results]),
+            cat([r.sizes_of_interest for r in results]),
+            cat([r.mask_params for r in results]),
+        )
+        outputs = []
+        for result, logits in zip(
+            results, mask_logits.split([len(r) for r in results]), strict=True
+        ):
+            outputs.append(
+                Instances(
+                    result.image_size,
+                    pred_boxes=result.pred_boxes,
+                    scores=result.scores,
+                    pred_classes=result.pred_classes,
+                    mask_logits=logits,
+                )
+            )
+        return outputs
+
+    def inference_single_image(
+        self,
+        anchors: list[Boxes],
+        logits: list[torch.Tensor],
+        deltas: list[torch.Tensor],
+        quality: list[torch.Tensor],
+        controller: list[torch.Tensor],
+        image_size: tuple[int, int],
+    ) -> Instances:
+        """
+        Score every location by sqrt(cls x quality) (eq. 2), keep those above the threshold,
+        the top-k per level, then class-aware NMS and the `max_detections_per_image` best.
+
+        Args:
+            logits, deltas, quality, controller: per level, (Ri, K), (Ri, 4), (Ri, 1), (Ri, P).
+
+        Returns:
+            Instances with `pred_boxes`, `scores`, `pred_classes`, and the `locations`,
+            `sizes_of_interest` and `mask_params` the dynamic mask head needs.
+        """
+        candidates = []
+        for anchors_i, logits_i, deltas_i, quality_i, controller_i, size_of_interest in zip(
+            anchors, logits, deltas, quality, controller, self.sizes_of_interest, strict=True
+        ):
+            scores = torch.sqrt(logits_i.sigmoid() * quality_i.sigmoid())  # (Ri, K)
+            keep = scores > self.test_score_thresh
+            scores = scores[keep]
+            kept = torch.nonzero(keep)  # (M, 2): anchor, class
+            scores, order = scores.topk(min(len(scores), self.test_topk_candidates))
+            anchor_indices, classes = kept[order].unbind(dim=1)
+            boxes = self.box2box_transform.apply_deltas(
+                deltas_i[anchor_indices], anchors_i.tensor[anchor_indices]
+            )
+            candidates.append(
+                Instances(
+                    image_size,
+                    pred_boxes=Boxes(boxes),
+                    scores=scores,
+                    pred_classes=classes,
+                    locations=anchors_i.get_centers()[anchor_indices],
+                    sizes_of_interest=torch.full_like(scores, float(size_of_interest)),
+                    mask_params=controller_i[anchor_indices],
+                )
+            )
+        detections = Instances.cat(candidates)
+        keep = batched_nms(
+            detections.pred_boxes.tensor,
+            detections.scores,
+            detections.pred_classes,
+            self.test_nms_thresh,
+        )
+        return detections[keep[: self.max_detections_per_image]]
+
+    def postprocess(self, results: Instances, output_height: int, output_width: int) -> Instances:
+        """
+        Bring detections from the network's input size to the requested output size.
+
+        Args:
+            results: from :meth:`forward_inference`, for one image.
+
+        Returns:
+            Instances of size (output_height, output_width) with `pred_boxes`, `scores`,
+            `pred_classes` and boolean `pred_masks` (R, output_height, output_width).
+        """
+        input_height, input_width = results.image_size
+        boxes = results.pred_boxes.clone()
+        boxes.scale(output_width / input_width, output_height / input_height)
+        boxes.clip((output_height, output_width))
+        stride = self.mask_head.out_stride
+        masks = []
+        for logits in results.mask_logits.split(_PASTE_CHUNK):
+            probs = F.interpolate(
+                logits.sigmoid()[:, None], scale_factor=stride, mode="bilinear", align_corners=False
+            )[:, :, :input_height, :input_width]
+            if (input_height, input_width) != (output_height, output_width):
+                probs = F.interpolate(
+                    probs, size=(output_height, output_width), mode="bilinear", align_corners=False
+                )
+            masks.append(probs[:, 0] > _MASK_THRESHOLD)
+        pred_masks = (
+            cat(masks)
+            if masks
+            else torch.zeros((0, output_height, output_width), dtype=torch.bool, device=self.device)
+        )
+        return Instances(
+            (output_height, output_width),
+            pred_boxes=boxes,
+            scores=results.scores,
+            pred_classes=results.pred_classes,
+            pred_masks=pred_masks,
+        )

@@ -1,0 +1,55 @@
+"""Shared builders for the LosNet tests: configs, models and synthetic batches."""
+
+from pathlib import Path
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Instances
+from losnet import add_losnet_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASE_CONFIG = str(REPO_ROOT / "configs/LosNet/Base-LosNet.yaml")
+
+
+def losnet_cfg(*opts, config_file=BASE_CONFIG):
+    cfg = get_cfg()
+    add_losnet_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def build_losnet(*opts, config_file=BASE_CONFIG, seed=0):
+    torch.manual_seed(seed)
+    return build_model(losnet_cfg(*opts, config_file=config_file))
+
+
+def rectangle_instances(height, width, boxes):
+    """Instances whose masks are the given (x0, y0, x1, y1) rectangles, class 0."""
+    masks = torch.zeros((len(boxes), height, width), dtype=torch.bool)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes, strict=True):
+        mask[y0:y1, x0:x1] = True
+    instances = Instances((height, width))
+    instances.gt_masks = BitMasks(masks)
+    instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+    instances.gt_classes = torch.zeros(len(boxes), dtype=torch.long)
+    return instances
+
+
+def training_batch():
+    """Two images: one with three objects (one thinner than a pixel-wide box), one empty."""
+    generator = torch.Generator().manual_seed(0)
+    return [
+        {
+            "image": torch.rand(3, 96, 128, generator=generator) * 255,
+            "instances": rectangle_instances(
+                96, 128, [(10, 8, 50, 40), (60, 30, 120, 90), (5, 70, 6, 71)]
+            ),
+        },
+        {
+            "image": torch.rand(3, 64, 80, generator=generator) * 255,
+            "instances": rectangle_instances(64, 80, []),
+        },
+    ]
