@@ -6,6 +6,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Instances
+
 from losnet import add_losnet_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

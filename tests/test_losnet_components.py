@@ -4,8 +4,10 @@ import pytest
 import torch
 import torchvision
 from detectron2.layers import ShapeSpec
+
 from losnet import DynamicMaskHead, LosNetHead, MaskBranch, dice_loss, select_mask_positives
 from losnet.backbone import LightweightFPN, MobileNetV3Small, load_torchvision_mobilenet_weights
+
 from losnet_helpers import build_losnet, losnet_cfg
 
 
@@ -218,7 +220,9 @@ def test_dynamic_head_equals_per_instance_convolutions():
         x = torch.cat([torch.stack([rel_x, rel_y]), features[image_indices[k]]])[None]
         for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
             out, _ = mask_head.layer_shapes[layer]
-            x = torch.nn.functional.conv2d(x, w[k * out : (k + 1) * out], b[k * out : (k + 1) * out])
+            x = torch.nn.functional.conv2d(
+                x, w[k * out : (k + 1) * out], b[k * out : (k + 1) * out]
+            )
             x = torch.relu(x) if layer < 2 else x
         torch.testing.assert_close(logits[k], x[0, 0])
 

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 from detectron2.utils.events import EventStorage
+
 from losnet import fold_batch_norms
+
 from losnet_helpers import build_losnet, rectangle_instances, training_batch
 
 
@@ -75,9 +77,7 @@ def test_an_object_larger_than_every_level_range_gets_positives():
     model = build_losnet()
     image = torch.rand(3, 640, 640) * 255
     big = rectangle_instances(640, 640, [(0, 0, 640, 640)])
-    anchors = model.anchor_generator(
-        [torch.zeros(1, 1, 640 // s, 640 // s) for s in (8, 16, 32)]
-    )
+    anchors = model.anchor_generator([torch.zeros(1, 1, 640 // s, 640 // s) for s in (8, 16, 32)])
     labels, _, matched = model.label_anchors(anchors, [big])
     assert (matched[0] >= 0).sum() > 0
     assert train_step_losses(model, [{"image": image, "instances": big}])["loss_mask"] > 0
@@ -125,9 +125,7 @@ def test_missing_masks_are_reported():
 
 @pytest.mark.parametrize("head_norm", ["BN", "GN"])
 def test_folded_batch_norms_give_equal_outputs(head_norm):
-    model = build_losnet(
-        "MODEL.LOSNET.SCORE_THRESH_TEST", 0.0, "MODEL.LOSNET.HEAD_NORM", head_norm
-    )
+    model = build_losnet("MODEL.LOSNET.SCORE_THRESH_TEST", 0.0, "MODEL.LOSNET.HEAD_NORM", head_norm)
     # Train a step so the BN statistics are not the identity.
     train_step_losses(model, training_batch())
     model.eval()
