@@ -20,6 +20,8 @@ def _temporary_sibling(path: str, suffix: str) -> Iterator[str]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     os.close(fd)
+    # mkstemp makes the file private (0600); the result is an ordinary, shareable file.
+    os.chmod(tmp_path, 0o644)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -59,6 +61,8 @@ def atomic_directory(path: str) -> Iterator[str]:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    # mkdtemp makes the folder private (0700); the result is an ordinary, shareable folder.
+    os.chmod(tmp, 0o755)
     try:
         yield tmp
         try:

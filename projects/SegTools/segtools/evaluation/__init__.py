@@ -1,5 +1,13 @@
 from .build import build_evaluator
-from .cityscapes_subset import CityscapesSubsetInstanceEvaluator
+from .cityscapes import CityscapesInstanceEvaluatorNumpyCompat, CityscapesSubsetInstanceEvaluator
+from .compat import cityscapes_evaluation_compat, removed_numpy_aliases
 from .lvis import LVISEvaluatorNumpyCompat
 
-__all__ = ["CityscapesSubsetInstanceEvaluator", "LVISEvaluatorNumpyCompat", "build_evaluator"]
+__all__ = [
+    "CityscapesInstanceEvaluatorNumpyCompat",
+    "CityscapesSubsetInstanceEvaluator",
+    "LVISEvaluatorNumpyCompat",
+    "build_evaluator",
+    "cityscapes_evaluation_compat",
+    "removed_numpy_aliases",
+]

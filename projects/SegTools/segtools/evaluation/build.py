@@ -3,14 +3,10 @@
 import os
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import (
-    CityscapesInstanceEvaluator,
-    COCOEvaluator,
-    DatasetEvaluators,
-)
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 from ..data.cityscapes_street import ensure_cityscapes_supported
-from .cityscapes_subset import CityscapesSubsetInstanceEvaluator
+from .cityscapes import CityscapesInstanceEvaluatorNumpyCompat, CityscapesSubsetInstanceEvaluator
 from .lvis import LVISEvaluatorNumpyCompat
 
 __all__ = ["build_evaluator"]
@@ -38,7 +34,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str):
         )
     if evaluator_type == "cityscapes_instance":
         ensure_cityscapes_supported()
-        return CityscapesInstanceEvaluator(dataset_name)
+        return CityscapesInstanceEvaluatorNumpyCompat(dataset_name)
     if evaluator_type == "cityscapes_instance_subset":
         ensure_cityscapes_supported()
         return DatasetEvaluators(

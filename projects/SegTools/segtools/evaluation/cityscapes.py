@@ -1,4 +1,4 @@
-"""Cityscapes instance evaluation averaged over a dataset's own classes only."""
+"""Cityscapes instance evaluation with today's NumPy, and over a subset of the classes."""
 
 import glob
 import os
@@ -9,7 +9,20 @@ from detectron2.evaluation import CityscapesInstanceEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["CityscapesSubsetInstanceEvaluator"]
+from .compat import cityscapes_evaluation_compat
+
+__all__ = ["CityscapesInstanceEvaluatorNumpyCompat", "CityscapesSubsetInstanceEvaluator"]
+
+
+class CityscapesInstanceEvaluatorNumpyCompat(CityscapesInstanceEvaluator):
+    """
+    Detectron2's :class:`CityscapesInstanceEvaluator`, runnable with `cityscapesscripts` 2.3.0
+    and NumPy 2 (see :func:`cityscapes_evaluation_compat`).
+    """
+
+    def evaluate(self):
+        with cityscapes_evaluation_compat():
+            return super().evaluate()
 
 
 class CityscapesSubsetInstanceEvaluator(CityscapesInstanceEvaluator):
@@ -41,9 +54,9 @@ class CityscapesSubsetInstanceEvaluator(CityscapesInstanceEvaluator):
         if not gt_files:
             raise FileNotFoundError(f"No *_gtFine_instanceIds.png under {gt_dir}/<city>/")
         prediction_files = [cityscapes_eval.getPrediction(gt, args) for gt in gt_files]
-        per_class = cityscapes_eval.evaluateImgLists(prediction_files, gt_files, args)["averages"][
-            "classes"
-        ]
+        with cityscapes_evaluation_compat():
+            results = cityscapes_eval.evaluateImgLists(prediction_files, gt_files, args)
+        per_class = results["averages"]["classes"]
         self._working_dir.cleanup()
 
         classes = list(self._metadata.thing_classes)
