@@ -47,12 +47,14 @@ def annotation_from_mask(mask: np.ndarray, category_id: int = 1, **extra) -> dic
         mask: (H, W) boolean array with at least one True pixel.
         extra: additional per-annotation keys, written as given.
     """
-    ys, xs = np.nonzero(mask)
-    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    # Row and column projections find the box far faster than np.nonzero over the whole mask.
+    rows = np.flatnonzero(mask.any(axis=1))
+    columns = np.flatnonzero(mask.any(axis=0))
+    x0, y0, x1, y1 = columns[0], rows[0], columns[-1] + 1, rows[-1] + 1
     return {
         "category_id": category_id,
         "segmentation": encode_mask(mask),
-        "area": int(len(xs)),
+        "area": int(np.count_nonzero(mask)),
         "bbox": [int(x0), int(y0), int(x1 - x0), int(y1 - y0)],
         "iscrowd": 0,
         **extra,

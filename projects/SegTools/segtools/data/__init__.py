@@ -1,0 +1,16 @@
+from . import registration as _  # noqa: F401  (registers the datasets)
+from .layout import DATASETS_ENV, DatasetLayoutError, check_dataset_files, datasets_root
+from .mapper import CheckedDatasetMapper, ImageReadError
+from .registration import ORE_CLASSES, ORE_SPLITS, SYNTHETIC_ORE_SPLITS
+
+__all__ = [
+    "CheckedDatasetMapper",
+    "ImageReadError",
+    "DATASETS_ENV",
+    "DatasetLayoutError",
+    "ORE_CLASSES",
+    "ORE_SPLITS",
+    "SYNTHETIC_ORE_SPLITS",
+    "check_dataset_files",
+    "datasets_root",
+]

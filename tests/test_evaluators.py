@@ -1,0 +1,145 @@
+"""Evaluators end to end: ground truth submitted as predictions scores AP 100."""
+
+import glob
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from dataset_builders import write_cityscapes_val, write_coco_val2017, write_lvis_v1_val
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BitMasks, Boxes, Instances
+
+import segtools  # noqa: F401  (registers the datasets)
+from segtools.data import datasets_root
+from segtools.data.coco_format import decode_segmentation
+from segtools.evaluation import (
+    CityscapesSubsetInstanceEvaluator,
+    LVISEvaluatorNumpyCompat,
+    build_evaluator,
+)
+
+
+@pytest.fixture(scope="module")
+def root():
+    root = datasets_root()
+    if not os.path.isdir(os.path.join(root, "coco")):
+        write_coco_val2017(root)
+        write_lvis_v1_val(root)
+        write_cityscapes_val(root)
+    return root
+
+
+def predictions_from_masks(height, width, masks, classes):
+    """Instances scoring 1 for each (H, W) boolean mask."""
+    masks = torch.as_tensor(np.array(masks, dtype=bool).reshape(-1, height, width))
+    return Instances(
+        (height, width),
+        pred_masks=masks,
+        pred_boxes=BitMasks(masks).get_bounding_boxes() if len(masks) else Boxes(torch.zeros(0, 4)),
+        scores=torch.ones(len(masks)),
+        pred_classes=torch.as_tensor(classes, dtype=torch.long),
+    )
+
+
+def evaluate_ground_truth(evaluator, dataset_name):
+    """Feed every image's ground truth to `evaluator` as predictions; return its results."""
+    evaluator.reset()
+    for record in DatasetCatalog.get(dataset_name):
+        height, width = record["height"], record["width"]
+        masks = [
+            decode_segmentation(a["segmentation"], height, width) for a in record["annotations"]
+        ]
+        classes = [a["category_id"] for a in record["annotations"]]
+        inputs = [{"image_id": record["image_id"], "file_name": record["file_name"]}]
+        evaluator.process(
+            inputs, [{"instances": predictions_from_masks(height, width, masks, classes)}]
+        )
+    return evaluator.evaluate()
+
+
+def cfg_with_max_dets(max_dets=100):
+    cfg = get_cfg()
+    cfg.TEST.DETECTIONS_PER_IMAGE = max_dets
+    return cfg
+
+
+def test_coco_evaluator_scores_ground_truth_100(root, tmp_path):
+    evaluator = build_evaluator(cfg_with_max_dets(), "coco_2017_val", str(tmp_path))
+    results = evaluate_ground_truth(evaluator, "coco_2017_val")
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+
+
+def test_lvis_evaluator_scores_ground_truth_100_with_todays_numpy(root, tmp_path):
+    assert not hasattr(np, "float"), "NumPy >= 1.24 has no np.float; this test needs that"
+    evaluator = build_evaluator(cfg_with_max_dets(300), "lvis_v1_val", str(tmp_path))
+    assert isinstance(evaluator, LVISEvaluatorNumpyCompat)
+    results = evaluate_ground_truth(evaluator, "lvis_v1_val")
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+    assert not hasattr(np, "float"), "the alias must not outlive the evaluation"
+
+
+def cityscapes_ground_truth_outputs(dataset_name):
+    """Per image, predictions equal to the instances of its *_gtFine_instanceIds.png."""
+    metadata = MetadataCatalog.get(dataset_name)
+    from cityscapesscripts.helpers.labels import name2label
+
+    class_of_label = {name2label[name].id: i for i, name in enumerate(metadata.thing_classes)}
+    for image_file in sorted(glob.glob(os.path.join(metadata.image_dir, "*", "*_leftImg8bit.png"))):
+        city = os.path.basename(os.path.dirname(image_file))
+        base = os.path.basename(image_file).replace("leftImg8bit.png", "gtFine_instanceIds.png")
+        instance_ids = cv2.imread(os.path.join(metadata.gt_dir, city, base), cv2.IMREAD_UNCHANGED)
+        ids = [i for i in np.unique(instance_ids) if i >= 1000 and i // 1000 in class_of_label]
+        masks = [instance_ids == i for i in ids]
+        classes = [class_of_label[i // 1000] for i in ids]
+        height, width = instance_ids.shape
+        inputs = {"file_name": image_file, "image_id": os.path.basename(image_file)}
+        yield inputs, predictions_from_masks(height, width, masks, classes)
+
+
+@pytest.mark.parametrize(
+    "dataset_name", ["cityscapes_fine_instance_seg_val", "cityscapes_street5_val"]
+)
+def test_cityscapes_evaluators_score_ground_truth_100(root, tmp_path, monkeypatch, dataset_name):
+    monkeypatch.chdir(tmp_path)
+    evaluator = build_evaluator(cfg_with_max_dets(), dataset_name, str(tmp_path / "inference"))
+    evaluator.reset()
+    for inputs, instances in cityscapes_ground_truth_outputs(dataset_name):
+        evaluator.process([inputs], [{"instances": instances}])
+    results = evaluator.evaluate()
+    # The Cityscapes API's matches.json goes to the evaluator's temporary folder, not here.
+    assert not os.path.exists(tmp_path / "matches.json")
+    if dataset_name == "cityscapes_fine_instance_seg_val":
+        # 3 of the 8 classes have ground truth and all are found; the others have neither.
+        assert results["segm"]["AP"] == pytest.approx(100.0)
+    else:
+        cityscapes = results["segm_cityscapes"]
+        assert cityscapes["AP"] == pytest.approx(100.0) and cityscapes["AP50"] == pytest.approx(
+            100.0
+        )
+        assert cityscapes["AP-car"] == pytest.approx(100.0)
+        assert np.isnan(cityscapes["AP-truck"])  # no truck in ground truth or predictions
+        assert results["segm"]["AP"] > 90  # COCO-style AP on polygons drawn from the same shapes
+
+
+def test_street_subset_averages_only_its_classes(root, tmp_path, monkeypatch):
+    """Missing the bicycle (not a street class) must not lower the 5-class score."""
+    monkeypatch.chdir(tmp_path)
+    evaluator = CityscapesSubsetInstanceEvaluator("cityscapes_street5_val")
+    evaluator.reset()
+    for inputs, instances in cityscapes_ground_truth_outputs("cityscapes_street5_val"):
+        evaluator.process([inputs], [{"instances": instances[instances.pred_classes != 0]}])
+    results = evaluator.evaluate()["segm_cityscapes"]
+    assert results["AP-car"] == 0.0  # cars withheld
+    assert results["AP-person"] == pytest.approx(100.0)
+    assert results["AP"] == pytest.approx(100.0 * 2 / 3)  # car 0, person 100, rider 100
+
+
+def test_unknown_evaluator_type_is_named():
+    MetadataCatalog.get("test_unknown_evaluator").set(evaluator_type="sem_seg")
+    with pytest.raises(NotImplementedError, match="test_unknown_evaluator.*sem_seg"):
+        build_evaluator(cfg_with_max_dets(), "test_unknown_evaluator", "/tmp")
