@@ -268,8 +268,8 @@ def test_select_mask_positives_keeps_best_per_instance():
     chosen = select_mask_positives(gt, scores, cap=6)
     assert sorted(chosen.tolist()) == [1, 4, 5, 6, 7]
     assert sorted(select_mask_positives(gt, scores, cap=-1).tolist()) == list(range(8))
-    # A cap below the number of instances still keeps one positive per instance.
-    assert sorted(select_mask_positives(gt, scores, cap=2).tolist()) == [1, 4, 5]
+    # With more instances than the cap, the best instances' best positives fill it.
+    assert sorted(select_mask_positives(gt, scores, cap=2).tolist()) == [1, 4]
 
 
 def test_config_switches_are_validated():

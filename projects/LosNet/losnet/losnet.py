@@ -24,8 +24,9 @@ _PASTE_CHUNK = 32
 
 def select_mask_positives(gt_indices: torch.Tensor, scores: torch.Tensor, cap: int) -> torch.Tensor:
     """
-    Choose the positive locations that train the mask head of one image: each ground-truth
-    instance keeps its `max(cap // #instances, 1)` highest-scoring positives.
+    Choose at most `cap` positive locations of one image to train the mask head: each
+    ground-truth instance offers its `max(cap // #instances, 1)` highest-scoring positives, and
+    if that is more than `cap` (more instances than the cap), the `cap` best of them are kept.
 
     Args:
         gt_indices: (P,) matched instance of each positive location.
@@ -33,7 +34,7 @@ def select_mask_positives(gt_indices: torch.Tensor, scores: torch.Tensor, cap: i
         cap: the per-image budget; negative keeps all.
 
     Returns:
-        (P',) indices into the P positives, P' <= max(cap, #instances).
+        (P',) indices into the P positives, P' <= cap.
     """
     if cap < 0 or len(gt_indices) <= cap:
         return torch.arange(len(gt_indices), device=gt_indices.device)
@@ -44,7 +45,8 @@ def select_mask_positives(gt_indices: torch.Tensor, scores: torch.Tensor, cap: i
     _, counts = torch.unique_consecutive(gt_indices[order], return_counts=True)
     group_starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
     rank_in_group = torch.arange(len(order), device=order.device) - group_starts
-    return order[rank_in_group < quota]
+    offered = order[rank_in_group < quota]
+    return offered[scores[offered].argsort(descending=True)[:cap]]
 
 
 @META_ARCH_REGISTRY.register()

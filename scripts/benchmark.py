@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""
+Compare models by size, compute and inference latency on one input.
+
+    python scripts/benchmark.py \\
+        --config-file configs/Baselines/mask_rcnn_R_50_FPN_1x_coco.yaml \\
+                      configs/LosNet/losnet_MV3S_ore.yaml \\
+        --input-size 640 800 --device cpu --runs 10 --json output/benchmark.json
+
+Each model is built from its config with random weights and runs `--warmup` then `--runs` timed
+forward passes in inference mode on the same random image. Untrained networks without working
+normalisation (FrozenBN in a random ResNet) blow activations up until every box leaves the
+image, so every batch norm first takes its statistics from its input on that image, once.
+Random weights also make the number of detections, and with it the time, vary; so every model
+is made to return the same number of instances: score thresholds are set to 0 and
+TEST.DETECTIONS_PER_IMAGE to `--top-k`. The table
+gives parameters, fp32 size (MB = 10^6 bytes), GFLOPs (fvcore's count: one multiply-add is one
+flop), median / min / max latency, the latency as a ratio to the first config, and the number of
+instances each model returned.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
+from detectron2.utils.analysis import FlopCountAnalysis
+from tabulate import tabulate
+
+# The repository root holds train_net.py, which knows every project's config keys.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from losnet import fold_batch_norms  # noqa: E402
+from segtools.atomic_io import atomic_write_json  # noqa: E402
+from train_net import get_project_cfg  # noqa: E402
+
+# Score thresholds of the meta-architectures in this repository and in Detectron2.
+SCORE_THRESHOLD_KEYS = (
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "MODEL.RETINANET.SCORE_THRESH_TEST",
+    "MODEL.LOSNET.SCORE_THRESH_TEST",
+)
+
+
+def equal_work_cfg(config_file: str, device: str, top_k: int):
+    cfg = get_project_cfg(config_file)
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.WEIGHTS = ""
+    cfg.TEST.DETECTIONS_PER_IMAGE = top_k
+    for key in SCORE_THRESHOLD_KEYS:
+        *parents, leaf = key.split(".")
+        node = cfg
+        for name in parents:
+            node = node.get(name, {})
+        if leaf in node:
+            node[leaf] = 0.0
+    return cfg
+
+
+@torch.no_grad()
+def calibrate_batch_norms(model, inputs) -> None:
+    """Give every batch norm the mean and variance of its own input on `inputs`."""
+
+    def take_input_statistics(norm, args):
+        features = args[0]
+        norm.running_mean.copy_(features.mean(dim=(0, 2, 3)))
+        norm.running_var.copy_(features.var(dim=(0, 2, 3), unbiased=False))
+
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))]
+    hooks = [norm.register_forward_pre_hook(take_input_statistics) for norm in norms]
+    try:
+        model(inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def benchmark_model(model, inputs, runs: int, warmup: int, device: str):
+    """Returns (latencies in ms, number of instances of the last run)."""
+
+    def synchronize():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    latencies = []
+    with torch.inference_mode():
+        for index in range(warmup + runs):
+            synchronize()
+            start = time.perf_counter()
+            outputs = model(inputs)
+            synchronize()
+            if index >= warmup:
+                latencies.append((time.perf_counter() - start) * 1000)
+    return latencies, len(outputs[0]["instances"])
+
+
+def count_gflops(model, inputs) -> float:
+    with torch.no_grad():
+        flops = FlopCountAnalysis(model, inputs)
+        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return flops.total() / 1e9
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", nargs="+", required=True, help="configs, first = 1.00x")
+    parser.add_argument("--input-size", nargs=2, type=int, default=[800, 1216], metavar=("H", "W"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--top-k", type=int, default=100, help="instances every model returns")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--fold-bn", action="store_true", help="fold BatchNorms into convs first")
+    parser.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count")
+    parser.add_argument("--json", help="also write the table and the settings to this file")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or args.top_k < 1 or args.threads < 1:
+        parser.error("--runs, --top-k and --threads must be >= 1 and --warmup >= 0")
+    for config_file in args.config_file:
+        if not os.path.isfile(config_file):
+            parser.error(f"config file not found: {config_file}")
+
+    torch.set_num_threads(args.threads)
+    height, width = args.input_size
+    generator = torch.Generator().manual_seed(0)
+    image = (torch.rand(3, height, width, generator=generator) * 255).to(args.device)
+    inputs = [{"image": image, "height": height, "width": width}]
+
+    rows = []
+    for config_file in args.config_file:
+        torch.manual_seed(0)
+        model = build_model(equal_work_cfg(config_file, args.device, args.top_k)).eval()
+        calibrate_batch_norms(model, inputs)
+        if args.fold_bn:
+            model = fold_batch_norms(model)
+        params = sum(p.numel() for p in model.parameters())
+        size_bytes = sum(t.numel() * 4 for t in (*model.parameters(), *model.buffers()))
+        gflops = None if args.no_flops else count_gflops(model, inputs)
+        latencies, instances = benchmark_model(model, inputs, args.runs, args.warmup, args.device)
+        rows.append(
+            {
+                "model": Path(config_file).stem,
+                "config": config_file,
+                "params_M": params / 1e6,
+                "fp32_MB": size_bytes / 1e6,
+                "GFLOPs": gflops,
+                "median_ms": statistics.median(latencies),
+                "min_ms": min(latencies),
+                "max_ms": max(latencies),
+                "instances": instances,
+            }
+        )
+        rows[-1]["ratio"] = rows[-1]["median_ms"] / rows[0]["median_ms"]
+
+    settings = {
+        "input_size": [height, width],
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "top_k": args.top_k,
+        "fold_bn": args.fold_bn,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+    }
+    headers = ["model", "params (M)", "fp32 MB", "GFLOPs", "median ms", "min ms", "max ms"]
+    headers += ["ratio", "instances"]
+    table = [
+        [
+            r["model"],
+            f"{r['params_M']:.2f}",
+            f"{r['fp32_MB']:.1f}",
+            "-" if r["GFLOPs"] is None else f"{r['GFLOPs']:.1f}",
+            f"{r['median_ms']:.1f}",
+            f"{r['min_ms']:.1f}",
+            f"{r['max_ms']:.1f}",
+            f"{r['ratio']:.2f}x",
+            r["instances"],
+        ]
+        for r in rows
+    ]
+    print(
+        f"input {height}x{width}, {args.device}, {settings['threads']} threads, "
+        f"{args.runs} runs after {args.warmup} warm-up, top-k {args.top_k}"
+        + (", BN folded" if args.fold_bn else "")
+    )
+    print(tabulate(table, headers=headers, tablefmt="pipe"))
+    if args.json:
+        atomic_write_json(args.json, {"settings": settings, "rows": rows}, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""train_net.py end to end on synthetic ore: train, checkpoint, resume, evaluate."""
+
+import json
+import math
+import os
+
+import pytest
+from detectron2.data.datasets import register_coco_instances
+from detectron2.engine import default_argument_parser
+
+import train_net
+from segtools.data.synthetic_ore import generate_synthetic_ore
+
+from losnet_helpers import REPO_ROOT
+
+CONFIG = str(REPO_ROOT / "configs/LosNet/losnet_MV3S_ore_synthetic.yaml")
+TINY = "test_train_net_synthetic_ore"
+# Few, small iterations on a tiny synthetic ore set.
+SMALL = [
+    "DATASETS.TRAIN", f"('{TINY}',)",
+    "DATASETS.TEST", f"('{TINY}',)",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.CHECKPOINT_PERIOD", "100",
+    "SOLVER.WARMUP_ITERS", "2",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)",
+    "INPUT.MAX_SIZE_TRAIN", "160",
+    "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "160",
+    "DATALOADER.NUM_WORKERS", "0",
+    # An untrained model scores below the default threshold; report its detections anyway.
+    "MODEL.LOSNET.SCORE_THRESH_TEST", "0.0",
+    "TEST.DETECTIONS_PER_IMAGE", "50",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_synthetic_ore(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tiny") / "ore")
+    json_file = generate_synthetic_ore(folder, 4, seed=3, size=(128, 128), show_progress=False)
+    register_coco_instances(TINY, {}, json_file, os.path.join(folder, "images"))
+
+
+def run(*flags, opts=()):
+    args = default_argument_parser().parse_args(["--config-file", CONFIG, *flags, *SMALL, *opts])
+    return train_net.main(args)
+
+
+def logged_iterations(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        records = [json.loads(line) for line in f]
+    return [r for r in records if "total_loss" in r]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    output_dir = str(tmp_path_factory.mktemp("train_net"))
+    results = run(opts=["SOLVER.MAX_ITER", "3", "OUTPUT_DIR", output_dir])
+    return output_dir, results
+
+
+def test_training_writes_finite_losses_checkpoint_and_results(trained):
+    output_dir, results = trained
+    records = logged_iterations(output_dir)
+    assert [r["iteration"] for r in records] == [2]
+    for key in ("total_loss", "loss_cls", "loss_box_giou", "loss_quality", "loss_mask"):
+        assert math.isfinite(records[0][key]), key
+    assert os.path.isfile(os.path.join(output_dir, "model_final.pth"))
+    with open(os.path.join(output_dir, "last_checkpoint")) as f:
+        assert f.read().strip() == "model_final.pth"
+    # The evaluation after the last iteration is written too.
+    with open(os.path.join(output_dir, "evaluation_results.json")) as f:
+        written = json.load(f)
+    assert set(written) == {"bbox", "segm"}
+
+
+def test_resume_continues_from_the_checkpoint_iteration(trained):
+    output_dir, _ = trained
+    run("--resume", opts=["SOLVER.MAX_ITER", "5", "OUTPUT_DIR", output_dir])
+    assert [r["iteration"] for r in logged_iterations(output_dir)] == [2, 4]
+
+
+def test_eval_only_reports_ap(trained, tmp_path):
+    output_dir, _ = trained
+    weights = os.path.join(output_dir, "model_final.pth")
+    results = run("--eval-only", opts=["MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path)])
+    for task in ("bbox", "segm"):
+        for metric in ("AP", "AP50", "AP75"):
+            value = results[task][metric]
+            assert math.isnan(value) or 0.0 <= value <= 100.0, (task, metric, value)
+    with open(tmp_path / "evaluation_results.json") as f:
+        assert json.load(f)["segm"].keys() == results["segm"].keys()
+
+
+def test_config_key_typo_fails_with_detectron2s_error(tmp_path):
+    with pytest.raises(AssertionError, match="Non-existent key: MODEL.LOSNET.NUM_CLASES"):
+        train_net.get_project_cfg(CONFIG, ["MODEL.LOSNET.NUM_CLASES", "2"])
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(f'_BASE_: "{CONFIG}"\nMODEL:\n  LOSNET:\n    NUM_CLASES: 2\n')
+    with pytest.raises(KeyError, match="Non-existent config key: MODEL.LOSNET.NUM_CLASES"):
+        train_net.get_project_cfg(str(typo))
+
+
+def test_missing_dataset_stops_before_training(tmp_path):
+    args = default_argument_parser().parse_args(
+        ["--config-file", CONFIG, "DATASETS.TRAIN", "('ore_train',)", "OUTPUT_DIR", str(tmp_path)]
+    )
+    with pytest.raises(FileNotFoundError, match="(?s)DETECTRON2_DATASETS.*ore/train/annotations"):
+        train_net.main(args)
