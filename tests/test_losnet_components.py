@@ -212,17 +212,20 @@ def test_dynamic_head_equals_per_instance_convolutions():
     assert logits.shape == (3, 6, 7)
 
     weights, biases = mask_head.split_params(params)
+    assert [tuple(w.shape) for w in weights] == [(3, 8, 10), (3, 8, 8), (3, 1, 8)]
     ys = (torch.arange(6) + 0.5) * 8
     xs = (torch.arange(7) + 0.5) * 8
     for k in range(3):
         rel_x = (locations[k, 0] - xs)[None, :].expand(6, 7) / sizes[k]
         rel_y = (locations[k, 1] - ys)[:, None].expand(6, 7) / sizes[k]
         x = torch.cat([torch.stack([rel_x, rel_y]), features[image_indices[k]]])[None]
-        for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
-            out, _ = mask_head.layer_shapes[layer]
-            x = torch.nn.functional.conv2d(
-                x, w[k * out : (k + 1) * out], b[k * out : (k + 1) * out]
-            )
+        # The controller's layout: all weights ((out, in) row-major, layer by layer), then biases.
+        offset, bias_offset = 0, 80 + 64 + 8
+        for layer, (out, inp) in enumerate(mask_head.layer_shapes):
+            weight = params[k, offset : offset + out * inp].reshape(out, inp, 1, 1)
+            bias = params[k, bias_offset : bias_offset + out]
+            offset, bias_offset = offset + out * inp, bias_offset + out
+            x = torch.nn.functional.conv2d(x, weight, bias)
             x = torch.relu(x) if layer < 2 else x
         torch.testing.assert_close(logits[k], x[0, 0])
 

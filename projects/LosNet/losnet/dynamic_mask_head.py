@@ -92,18 +92,17 @@ class DynamicMaskHead(nn.Module):
             params: (K, num_params) controller outputs of K instances.
 
         Returns:
-            weights: per layer, (K * out, in, 1, 1) for a grouped 1x1 convolution.
-            biases: per layer, (K * out,).
+            weights: per layer, (K, out, in).
+            biases: per layer, (K, out, 1).
         """
-        num_instances = params.shape[0]
         weight_sizes = [o * i for o, i in self.layer_shapes]
         bias_sizes = [o for o, _ in self.layer_shapes]
         chunks = torch.split(params, weight_sizes + bias_sizes, dim=1)
         weights = [
-            w.reshape(num_instances * o, i, 1, 1)
+            w.reshape(-1, o, i)
             for w, (o, i) in zip(chunks[: len(weight_sizes)], self.layer_shapes, strict=True)
         ]
-        biases = [b.reshape(-1) for b in chunks[len(weight_sizes) :]]
+        biases = [b[:, :, None] for b in chunks[len(weight_sizes) :]]
         return weights, biases
 
     def forward(
@@ -127,30 +126,25 @@ class DynamicMaskHead(nn.Module):
             (i, j) covers input pixels [i * out_stride, (i + 1) * out_stride) and likewise for j.
         """
         _, _, height, width = mask_features.shape
-        factor = self.in_stride // self.out_stride
-        num_instances = params.shape[0]
-        if num_instances == 0:
-            return mask_features.new_zeros((0, height * factor, width * factor))
-
-        x = mask_features[image_indices]
+        x = mask_features[image_indices].flatten(2)  # (K, C, H * W)
         if self.rel_coords:
             # Pixel centres of the mask features, in input pixels.
             ys = (torch.arange(height, device=x.device, dtype=x.dtype) + 0.5) * self.in_stride
             xs = (torch.arange(width, device=x.device, dtype=x.dtype) + 0.5) * self.in_stride
             grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-            grid = torch.stack([grid_x, grid_y])  # (2, H, W)
-            rel = (locations[:, :, None, None] - grid[None]) / sizes_of_interest[
-                :, None, None, None
-            ]
+            grid = torch.stack([grid_x, grid_y]).flatten(1)  # (2, H * W)
+            rel = (locations[:, :, None] - grid[None]) / sizes_of_interest[:, None, None]
             x = torch.cat([rel.to(x.dtype), x], dim=1)
 
+        # Each instance's 1x1 convs are matrix products over its own weights (a batched matmul
+        # rather than a grouped convolution, whose group count cannot vary in an exported graph).
         weights, biases = self.split_params(params)
-        x = x.reshape(1, -1, height, width)
         for index, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
-            x = F.conv2d(x, weight, bias, groups=num_instances)
+            x = torch.baddbmm(bias, weight, x)
             if index < len(weights) - 1:
                 x = F.relu(x)
-        logits = x.reshape(num_instances, 1, height, width)
+        logits = x.reshape(-1, 1, height, width)
+        factor = self.in_stride // self.out_stride
         if factor > 1:
             # align_corners=False keeps pixel centres aligned: output pixel k sits at
             # (k + 0.5) * out_stride, like the mask features' pixels at (k + 0.5) * in_stride.

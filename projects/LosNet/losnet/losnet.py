@@ -424,14 +424,16 @@ class LosNet(FCOS):
         """
         Returns:
             Per image, detections at the network's input size with `pred_boxes`, `scores`,
-            `pred_classes` and `mask_logits` (R, H / s, W / s) over the padded image.
+            `pred_classes` and `mask_logits` (R, H / s, W / s) over the padded image. The
+            dynamic mask head runs per image, on that image's detections.
         """
         pred_logits, pred_deltas, pred_quality, pred_controller = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4, 1, self.mask_head.num_params]
         )
         anchors = self.anchor_generator(features)
-        results = [
-            self.inference_single_image(
+        outputs = []
+        for index, image_size in enumerate(images.image_sizes):
+            detections = self.inference_single_image(
                 anchors,
                 [x[index] for x in pred_logits],
                 [x[index] for x in pred_deltas],
@@ -439,30 +441,20 @@ class LosNet(FCOS):
                 [x[index] for x in pred_controller],
                 image_size,
             )
-            for index, image_size in enumerate(images.image_sizes)
-        ]
-        # One dynamic-head call for every detection of the batch.
-        image_indices = cat(
-            [torch.full((len(r),), i, device=self.device) for i, r in enumerate(results)]
-        ).long()
-        mask_logits = self.mask_head(
-            mask_features,
-            image_indices,
-            cat([r.locations for r in results]),
-            cat([r.sizes_of_interest for r in results]),
-            cat([r.mask_params for r in results]),
-        )
-        outputs = []
-        for result, logits in zip(
-            results, mask_logits.split([len(r) for r in results]), strict=True
-        ):
+            mask_logits = self.mask_head(
+                mask_features[index : index + 1],
+                torch.zeros_like(detections.pred_classes),
+                detections.locations,
+                detections.sizes_of_interest,
+                detections.mask_params,
+            )
             outputs.append(
                 Instances(
-                    result.image_size,
-                    pred_boxes=result.pred_boxes,
-                    scores=result.scores,
-                    pred_classes=result.pred_classes,
-                    mask_logits=logits,
+                    detections.image_size,
+                    pred_boxes=detections.pred_boxes,
+                    scores=detections.scores,
+                    pred_classes=detections.pred_classes,
+                    mask_logits=mask_logits,
                 )
             )
         return outputs
@@ -495,7 +487,13 @@ class LosNet(FCOS):
             keep = scores > self.test_score_thresh
             scores = scores[keep]
             kept = torch.nonzero(keep)  # (M, 2): anchor, class
-            scores, order = scores.topk(min(len(scores), self.test_topk_candidates))
+            # shape[0] is a tensor while tracing for export: keep the count data-dependent.
+            num_kept = scores.shape[0]
+            if isinstance(num_kept, torch.Tensor):
+                num_topk = torch.clamp(num_kept, max=self.test_topk_candidates)
+            else:
+                num_topk = min(num_kept, self.test_topk_candidates)
+            scores, order = scores.topk(num_topk)
             anchor_indices, classes = kept[order].unbind(dim=1)
             boxes = self.box2box_transform.apply_deltas(
                 deltas_i[anchor_indices], anchors_i.tensor[anchor_indices]
@@ -536,8 +534,11 @@ class LosNet(FCOS):
         boxes.scale(output_width / input_width, output_height / input_height)
         boxes.clip((output_height, output_width))
         stride = self.mask_head.out_stride
+        # Paste a few masks at a time to bound memory; all at once while tracing for export,
+        # where the number of chunks could not follow the number of detections.
+        chunk_size = results.mask_logits.shape[0] if torch.jit.is_tracing() else _PASTE_CHUNK
         masks = []
-        for logits in results.mask_logits.split(_PASTE_CHUNK):
+        for logits in results.mask_logits.split(max(chunk_size, 1)):
             probs = F.interpolate(
                 logits.sigmoid()[:, None], scale_factor=stride, mode="bilinear", align_corners=False
             )[:, :, :input_height, :input_width]
@@ -546,15 +547,10 @@ class LosNet(FCOS):
                     probs, size=(output_height, output_width), mode="bilinear", align_corners=False
                 )
             masks.append(probs[:, 0] > _MASK_THRESHOLD)
-        pred_masks = (
-            cat(masks)
-            if masks
-            else torch.zeros((0, output_height, output_width), dtype=torch.bool, device=self.device)
-        )
         return Instances(
             (output_height, output_width),
             pred_boxes=boxes,
             scores=results.scores,
             pred_classes=results.pred_classes,
-            pred_masks=pred_masks,
+            pred_masks=cat(masks),
         )
