@@ -83,7 +83,10 @@ def main(args):
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    trainer.train()
+    # The evaluation after the last iteration, which DefaultTrainer.train keeps but returns only
+    # when TEST.EXPECTED_RESULTS is set.
+    return getattr(trainer, "_last_eval_results", None)
 
 
 def invoke_main() -> None:

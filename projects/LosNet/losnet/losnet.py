@@ -25,8 +25,10 @@ _PASTE_CHUNK = 32
 def select_mask_positives(gt_indices: torch.Tensor, scores: torch.Tensor, cap: int) -> torch.Tensor:
     """
     Choose at most `cap` positive locations of one image to train the mask head: each
-    ground-truth instance offers its `max(cap // #instances, 1)` highest-scoring positives, and
-    if that is more than `cap` (more instances than the cap), the `cap` best of them are kept.
+    ground-truth instance offers its `max(cap // #instances, 1)` highest-scoring positives. With
+    more instances than `cap` (dense ore), each offers its best one and a random `cap` of those
+    is kept, so that over the iterations every instance trains the mask head (keeping the
+    best-scoring ones would starve the same instances every time).
 
     Args:
         gt_indices: (P,) matched instance of each positive location.
@@ -46,7 +48,9 @@ def select_mask_positives(gt_indices: torch.Tensor, scores: torch.Tensor, cap: i
     group_starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
     rank_in_group = torch.arange(len(order), device=order.device) - group_starts
     offered = order[rank_in_group < quota]
-    return offered[scores[offered].argsort(descending=True)[:cap]]
+    if len(offered) <= cap:
+        return offered
+    return offered[torch.randperm(len(offered), device=offered.device)[:cap]]
 
 
 @META_ARCH_REGISTRY.register()

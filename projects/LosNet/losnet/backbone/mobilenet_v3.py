@@ -1,3 +1,4 @@
+import functools
 import logging
 import os
 
@@ -5,6 +6,7 @@ import torch
 import torchvision
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
+from torch import nn
 
 __all__ = ["MobileNetV3Small", "load_torchvision_mobilenet_weights"]
 
@@ -39,7 +41,11 @@ class MobileNetV3Small(Backbone):
         self._out_features = sorted(out_features, key=lambda name: _STAGES[name][0])
         self._tap_to_name = {_STAGES[name][0]: name for name in self._out_features}
         last_block = _STAGES[self._out_features[-1]][0]
-        self.features = torchvision.models.mobilenet_v3_small().features[: last_block + 1]
+        # torchvision's BN momentum of 0.01 suits its long ImageNet schedule; over a detection
+        # schedule the running statistics would trail the weights, so use the usual 0.1.
+        norm_layer = functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.1)
+        network = torchvision.models.mobilenet_v3_small(norm_layer=norm_layer)
+        self.features = network.features[: last_block + 1]
         self._out_feature_strides = {name: _STAGES[name][1] for name in self._out_features}
         self._out_feature_channels = {name: _STAGES[name][2] for name in self._out_features}
 
