@@ -8,9 +8,9 @@ Compare models by size, compute and inference latency on one input.
         --input-size 640 800 --device cpu --runs 10 --json output/benchmark.json
 
 Each model is built from its config with random weights and runs `--warmup` then `--runs` timed
-forward passes in inference mode on the same random image. Untrained networks without working
-normalisation (FrozenBN in a random ResNet) blow activations up until every box leaves the
-image, so every batch norm first takes its statistics from its input on that image, once.
+forward passes in inference mode on the same random image. Untrained networks normalise with
+made-up statistics (a random FrozenBN ResNet pushes every box off the image), so every batch norm
+first takes its statistics from its input on that image, once (segtools.calibrate_batch_norms).
 Random weights also make the number of detections, and with it the time, vary; so every model
 is made to return the same number of instances: score thresholds are set to 0 and
 TEST.DETECTIONS_PER_IMAGE to `--top-k`. The table
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 from tabulate import tabulate
@@ -37,14 +36,9 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from losnet import fold_batch_norms  # noqa: E402
 from segtools.atomic_io import atomic_write_json  # noqa: E402
+from segtools.batch_norm import calibrate_batch_norms  # noqa: E402
+from segtools.inference import set_test_score_threshold  # noqa: E402
 from train_net import get_project_cfg  # noqa: E402
-
-# Score thresholds of the meta-architectures in this repository and in Detectron2.
-SCORE_THRESHOLD_KEYS = (
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-    "MODEL.RETINANET.SCORE_THRESH_TEST",
-    "MODEL.LOSNET.SCORE_THRESH_TEST",
-)
 
 
 def equal_work_cfg(config_file: str, device: str, top_k: int):
@@ -52,32 +46,8 @@ def equal_work_cfg(config_file: str, device: str, top_k: int):
     cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
     cfg.TEST.DETECTIONS_PER_IMAGE = top_k
-    for key in SCORE_THRESHOLD_KEYS:
-        *parents, leaf = key.split(".")
-        node = cfg
-        for name in parents:
-            node = node.get(name, {})
-        if leaf in node:
-            node[leaf] = 0.0
+    set_test_score_threshold(cfg, 0.0)
     return cfg
-
-
-@torch.no_grad()
-def calibrate_batch_norms(model, inputs) -> None:
-    """Give every batch norm the mean and variance of its own input on `inputs`."""
-
-    def take_input_statistics(norm, args):
-        features = args[0]
-        norm.running_mean.copy_(features.mean(dim=(0, 2, 3)))
-        norm.running_var.copy_(features.var(dim=(0, 2, 3), unbiased=False))
-
-    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))]
-    hooks = [norm.register_forward_pre_hook(take_input_statistics) for norm in norms]
-    try:
-        model(inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 def benchmark_model(model, inputs, runs: int, warmup: int, device: str):

@@ -8,7 +8,7 @@ from detectron2.modeling import build_model
 
 import train_net
 
-from losnet_helpers import REPO_ROOT
+from helpers import REPO_ROOT
 
 CONFIGS = sorted(glob.glob(str(REPO_ROOT / "configs/**/*.yaml"), recursive=True))
 ABLATIONS = REPO_ROOT / "configs/LosNet/ablations"

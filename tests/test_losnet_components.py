@@ -8,7 +8,7 @@ from detectron2.layers import ShapeSpec
 from losnet import DynamicMaskHead, LosNetHead, MaskBranch, dice_loss, select_mask_positives
 from losnet.backbone import LightweightFPN, MobileNetV3Small, load_torchvision_mobilenet_weights
 
-from losnet_helpers import build_losnet, losnet_cfg
+from helpers import build_losnet, losnet_cfg
 
 
 def num_params(module):

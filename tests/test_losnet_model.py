@@ -8,7 +8,7 @@ from detectron2.utils.events import EventStorage
 
 from losnet import fold_batch_norms
 
-from losnet_helpers import build_losnet, rectangle_instances, training_batch
+from helpers import build_losnet, rectangle_instances, training_batch
 
 
 def train_step_losses(model, batch):

@@ -8,7 +8,7 @@ from detectron2.engine import default_argument_parser
 import train_net
 from segtools.data.synthetic_ore import generate_synthetic_ore
 
-from losnet_helpers import REPO_ROOT
+from helpers import REPO_ROOT
 
 DATASET = "test_overfit_synthetic_ore"
 

@@ -11,7 +11,7 @@ from detectron2.engine import default_argument_parser
 import train_net
 from segtools.data.synthetic_ore import generate_synthetic_ore
 
-from losnet_helpers import REPO_ROOT
+from helpers import REPO_ROOT
 
 CONFIG = str(REPO_ROOT / "configs/LosNet/losnet_MV3S_ore_synthetic.yaml")
 TINY = "test_train_net_synthetic_ore"

@@ -1,5 +1,6 @@
-"""Shared builders for the LosNet tests: configs, models and synthetic batches."""
+"""Shared by the tests: the repository root, LosNet configs and batches, the scripts as modules."""
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -54,3 +55,19 @@ def training_batch():
             "instances": rectangle_instances(64, 80, []),
         },
     ]
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py as a module, to call its main() in the test process."""
+    path = REPO_ROOT / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def save_random_losnet(path, *opts, seed=0):
+    """Write the weights of an untrained LosNet (Base config + `opts`) as a checkpoint file."""
+    model = build_losnet(*opts, seed=seed)
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)
