@@ -1,0 +1,62 @@
+"""
+Ore particle-size analysis from instance masks: size measures per particle, size distributions
+(sieve curves) by count and by mass, Rosin-Rammler and Swebrec fits, and written reports.
+"""
+
+from .coco_particles import (
+    CocoImageInstances,
+    CocoInputError,
+    iter_particle_tables,
+    load_coco_instances,
+    load_image,
+    resolve_image_paths,
+)
+from .distribution import (
+    EDGE_MODES,
+    WEIGHTINGS,
+    CumulativeCurve,
+    SizeDistribution,
+    edge_weights,
+    sieve_series,
+    size_distribution,
+)
+from .fits import FitResult, fit_models, fit_rosin_rammler, fit_swebrec
+from .report import draw_size_overlay, write_psd_report
+from .size_measures import (
+    LENGTH_MEASURES,
+    PARTICLE_DTYPE,
+    ParticleMeasures,
+    ParticleTable,
+    check_mm_per_px,
+    measure_instances,
+    measure_particle,
+)
+
+__all__ = [
+    "EDGE_MODES",
+    "LENGTH_MEASURES",
+    "PARTICLE_DTYPE",
+    "WEIGHTINGS",
+    "CocoImageInstances",
+    "CocoInputError",
+    "CumulativeCurve",
+    "FitResult",
+    "ParticleMeasures",
+    "ParticleTable",
+    "SizeDistribution",
+    "check_mm_per_px",
+    "draw_size_overlay",
+    "edge_weights",
+    "fit_models",
+    "fit_rosin_rammler",
+    "fit_swebrec",
+    "iter_particle_tables",
+    "load_coco_instances",
+    "load_image",
+    "measure_instances",
+    "measure_particle",
+    "resolve_image_paths",
+    "sieve_series",
+    "size_distribution",
+    "write_psd_report",
+]
