@@ -539,10 +539,14 @@ class LosNet(FCOS):
         boxes.clip((output_height, output_width))
         stride = self.mask_head.out_stride
         # Paste a few masks at a time to bound memory; all at once while tracing for export,
-        # where the number of chunks could not follow the number of detections.
-        chunk_size = results.mask_logits.shape[0] if torch.jit.is_tracing() else _PASTE_CHUNK
+        # where the number of chunks would be frozen at the traced image's.
+        chunks = (
+            (results.mask_logits,)
+            if torch.jit.is_tracing()
+            else results.mask_logits.split(_PASTE_CHUNK)
+        )
         masks = []
-        for logits in results.mask_logits.split(max(chunk_size, 1)):
+        for logits in chunks:
             probs = F.interpolate(
                 logits.sigmoid()[:, None], scale_factor=stride, mode="bilinear", align_corners=False
             )[:, :, :input_height, :input_width]

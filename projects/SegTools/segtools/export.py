@@ -1,0 +1,163 @@
+"""
+Export a Detectron2 model to TorchScript or ONNX by tracing (Detectron2's TracingAdapter), and
+check that the exported model gives the PyTorch model's outputs.
+
+The exported graph takes one image tensor (3, H, W), already resized to the export size and in
+the config's channel order (INPUT.FORMAT), as float32 0-255; normalisation is inside the graph. It
+returns the flattened Instances fields in the order of :func:`output_names`.
+"""
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from detectron2.export import TracingAdapter
+from detectron2.export.flatten import flatten_to_tuple
+from scipy.optimize import linear_sum_assignment
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "compare_outputs",
+    "export_model",
+    "exported_file",
+    "load_exported",
+    "output_names",
+    "reference_outputs",
+]
+
+EXPORT_FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
+# ONNX opset of the export: the first with every op the models use (TopK with a tensor k, NMS).
+ONNX_OPSET = 17
+
+
+def _adapter(model: torch.nn.Module, image: torch.Tensor) -> TracingAdapter:
+    # A new module is in training mode, and the ONNX exporter applies the wrapper's mode to the
+    # model inside it.
+    return TracingAdapter(model, [{"image": image}]).eval()
+
+
+def output_names(model: torch.nn.Module, image: torch.Tensor) -> list:
+    """
+    Names of the flattened outputs: the Instances fields in sorted order, then "image_size", as
+    Detectron2's flattening lays them out.
+    """
+    with torch.no_grad():
+        outputs = model([{"image": image}])
+    fields = [*sorted(outputs[0]["instances"].get_fields()), "image_size"]
+    flattened, _ = flatten_to_tuple(outputs)
+    if len(flattened) != len(fields):
+        raise ValueError(f"cannot name the {len(flattened)} flattened outputs from {fields}")
+    return fields
+
+
+def export_model(
+    model: torch.nn.Module, image: torch.Tensor, export_format: str, path: str
+) -> None:
+    """
+    Trace `model` (in eval mode) on `image` and save it.
+
+    Args:
+        image: (3, H, W) float32 example input; the exported model takes this size.
+        export_format: "torchscript" or "onnx".
+    """
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"export format {export_format!r}: choose from {list(EXPORT_FORMATS)}")
+    adapter = _adapter(model, image)
+    with torch.no_grad():
+        if export_format == "torchscript":
+            torch.jit.trace(adapter, (image,), check_trace=False).save(path)
+        else:
+            torch.onnx.export(
+                adapter,
+                (image,),
+                path,
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+                input_names=["image"],
+                output_names=output_names(model, image),
+            )
+
+
+def load_exported(path: str) -> Callable:
+    """
+    Returns:
+        A function from a (3, H, W) float32 image tensor to the tuple of output tensors.
+    """
+    if path.endswith(".ts"):
+        module = torch.jit.load(path, map_location="cpu")
+
+        def run_torchscript(image):
+            with torch.no_grad():
+                return tuple(module(image))
+
+        return run_torchscript
+    if path.endswith(".onnx"):
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+
+        def run_onnx(image):
+            outputs = session.run(None, {input_name: image.numpy()})
+            return tuple(torch.from_numpy(np.asarray(o)) for o in outputs)
+
+        return run_onnx
+    raise ValueError(f"{path}: expected a .ts (TorchScript) or .onnx file")
+
+
+def reference_outputs(model: torch.nn.Module, image: torch.Tensor) -> tuple:
+    """The PyTorch model's outputs, flattened as the exported model returns them."""
+    with torch.no_grad():
+        return _adapter(model, image)(image)
+
+
+def _match_detections(names: list, expected: tuple, actual: tuple) -> tuple:
+    """
+    `actual` with its detections reordered to pair one to one with `expected` (least total L1
+    distance between boxes): detections whose scores differ by a float rounding may come out of
+    two runtimes in another order.
+    """
+    boxes = names.index("pred_boxes")
+    want, got = expected[boxes], actual[boxes]
+    if want.shape != got.shape or want.shape[0] < 2:
+        return actual
+    cost = torch.cdist(want.double(), got.double(), p=1).numpy()
+    _, order = linear_sum_assignment(cost)
+    order = torch.as_tensor(order)
+    count = want.shape[0]
+    return tuple(
+        tensor[order]
+        if tensor.dim() and tensor.shape[0] == count and name != "image_size"
+        else tensor
+        for name, tensor in zip(names, actual, strict=True)
+    )
+
+
+def compare_outputs(names: list, expected: tuple, actual: tuple) -> dict:
+    """
+    Compare the exported model's outputs with PyTorch's, after pairing their detections by box.
+
+    Returns:
+        Per output name: {"shape_equal": bool, "max_abs_diff": float} for floating outputs,
+        {"shape_equal": bool, "mismatch_fraction": float} for integer and boolean ones.
+    """
+    actual = _match_detections(names, expected, actual)
+    report = {}
+    for name, want, got in zip(names, expected, actual, strict=True):
+        got = got.to(want.dtype)
+        entry = {"shape_equal": tuple(want.shape) == tuple(got.shape)}
+        key = "max_abs_diff" if want.is_floating_point() else "mismatch_fraction"
+        if entry["shape_equal"]:
+            if want.numel() == 0:
+                entry[key] = 0.0
+            elif want.is_floating_point():
+                entry[key] = float((want - got).abs().max())
+            else:
+                entry[key] = float((want != got).float().mean())
+        report[name] = entry
+    return report
+
+
+def exported_file(output_dir: str, export_format: str) -> str:
+    return os.path.join(output_dir, EXPORT_FORMATS[export_format])
