@@ -17,9 +17,14 @@ TEST.DETECTIONS_PER_IMAGE to `--top-k`. The table
 gives parameters, fp32 size (MB = 10^6 bytes), GFLOPs (fvcore's count: one multiply-add is one
 flop), median / min / max latency, the latency as a ratio to the first config, and the number of
 instances each model returned.
+
+`--exported DIR` adds a row for a model written by scripts/export.py (TorchScript or ONNX Runtime),
+run on an input of the export size; its size is the file's. For equal work, export it with
+`MODEL.LOSNET.SCORE_THRESH_TEST 0.0 TEST.DETECTIONS_PER_IMAGE 100`.
 """
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -37,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from losnet import fold_batch_norms  # noqa: E402
 from segtools.atomic_io import atomic_write_json  # noqa: E402
 from segtools.batch_norm import calibrate_batch_norms  # noqa: E402
+from segtools.export import exported_file, load_exported  # noqa: E402
 from segtools.inference import set_test_score_threshold  # noqa: E402
 from train_net import get_project_cfg  # noqa: E402
 
@@ -50,8 +56,14 @@ def equal_work_cfg(config_file: str, device: str, top_k: int):
     return cfg
 
 
-def benchmark_model(model, inputs, runs: int, warmup: int, device: str):
-    """Returns (latencies in ms, number of instances of the last run)."""
+def benchmark(predict, runs: int, warmup: int, device: str):
+    """
+    Args:
+        predict: runs the model once on the benchmark input; returns its number of instances.
+
+    Returns:
+        (latencies in ms of the timed runs, number of instances of the last run).
+    """
 
     def synchronize():
         if device.startswith("cuda"):
@@ -62,11 +74,20 @@ def benchmark_model(model, inputs, runs: int, warmup: int, device: str):
         for index in range(warmup + runs):
             synchronize()
             start = time.perf_counter()
-            outputs = model(inputs)
+            instances = predict()
             synchronize()
             if index >= warmup:
                 latencies.append((time.perf_counter() - start) * 1000)
-    return latencies, len(outputs[0]["instances"])
+    return latencies, instances
+
+
+def read_export(folder: str, parser) -> dict:
+    """The export.json of a scripts/export.py output folder."""
+    try:
+        with open(os.path.join(folder, "export.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        parser.error(f"--exported {folder}: no readable export.json ({e})")
 
 
 def count_gflops(model, inputs) -> float:
@@ -87,6 +108,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--fold-bn", action="store_true", help="fold BatchNorms into convs first")
     parser.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count")
+    parser.add_argument("--exported", action="append", default=[], help="scripts/export.py folder")
     parser.add_argument("--json", help="also write the table and the settings to this file")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.top_k < 1 or args.threads < 1:
@@ -94,6 +116,7 @@ def main(argv=None):
     for config_file in args.config_file:
         if not os.path.isfile(config_file):
             parser.error(f"config file not found: {config_file}")
+    exported = [read_export(folder, parser) for folder in args.exported]
 
     torch.set_num_threads(args.threads)
     height, width = args.input_size
@@ -111,7 +134,12 @@ def main(argv=None):
         params = sum(p.numel() for p in model.parameters())
         size_bytes = sum(t.numel() * 4 for t in (*model.parameters(), *model.buffers()))
         gflops = None if args.no_flops else count_gflops(model, inputs)
-        latencies, instances = benchmark_model(model, inputs, args.runs, args.warmup, args.device)
+        latencies, instances = benchmark(
+            lambda model=model: len(model(inputs)[0]["instances"]),
+            args.runs,
+            args.warmup,
+            args.device,
+        )
         rows.append(
             {
                 "model": Path(config_file).stem,
@@ -125,7 +153,33 @@ def main(argv=None):
                 "instances": instances,
             }
         )
-        rows[-1]["ratio"] = rows[-1]["median_ms"] / rows[0]["median_ms"]
+    for folder, meta in zip(args.exported, exported, strict=True):
+        if meta["input_size"] != [height, width]:
+            parser.error(f"{folder} takes {meta['input_size']} inputs; pass --input-size to match")
+        path = exported_file(folder, meta["format"])
+        run = load_exported(path)
+        scores = meta["outputs"].index("scores")
+        latencies, instances = benchmark(
+            lambda run=run, scores=scores: run(image)[scores].shape[0],
+            args.runs,
+            args.warmup,
+            args.device,
+        )
+        rows.append(
+            {
+                "model": f"{Path(meta['config_file']).stem} ({meta['format']})",
+                "config": meta["config_file"],
+                "params_M": None,
+                "fp32_MB": os.path.getsize(path) / 1e6,
+                "GFLOPs": None,
+                "median_ms": statistics.median(latencies),
+                "min_ms": min(latencies),
+                "max_ms": max(latencies),
+                "instances": instances,
+            }
+        )
+    for row in rows:
+        row["ratio"] = row["median_ms"] / rows[0]["median_ms"]
 
     settings = {
         "input_size": [height, width],
@@ -143,7 +197,7 @@ def main(argv=None):
     table = [
         [
             r["model"],
-            f"{r['params_M']:.2f}",
+            "-" if r["params_M"] is None else f"{r['params_M']:.2f}",
             f"{r['fp32_MB']:.1f}",
             "-" if r["GFLOPs"] is None else f"{r['GFLOPs']:.1f}",
             f"{r['median_ms']:.1f}",

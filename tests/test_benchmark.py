@@ -1,0 +1,54 @@
+"""scripts/benchmark.py on tiny configs: one row per model, equal work, valid JSON."""
+
+import json
+
+from helpers import REPO_ROOT, load_script, save_random_losnet
+
+benchmark = load_script("benchmark")
+export = load_script("export")
+
+LOSNET = str(REPO_ROOT / "configs/LosNet/Base-LosNet.yaml")
+MASK_RCNN = str(REPO_ROOT / "configs/Baselines/mask_rcnn_R_18_FPN_ore_synthetic_cpu.yaml")
+
+
+def test_two_configs_print_two_rows_and_valid_json(tmp_path, capsys):
+    out = tmp_path / "benchmark.json"
+    rows = benchmark.main(
+        ["--config-file", MASK_RCNN, LOSNET, "--input-size", "64", "96", "--device", "cpu",
+         "--runs", "2", "--warmup", "1", "--top-k", "7", "--threads", "1", "--json", str(out)]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    table_rows = [line for line in printed.splitlines() if line.startswith("| ")][1:]
+    assert len(table_rows) == 2
+    assert "mask_rcnn_R_18_FPN_ore_synthetic_cpu" in table_rows[0]
+    assert "Base-LosNet" in table_rows[1]
+    assert "1 threads" in printed
+
+    with open(out) as f:
+        written = json.load(f)
+    assert written["settings"]["threads"] == 1 and written["settings"]["input_size"] == [64, 96]
+    assert [r["model"] for r in written["rows"]] == [r["model"] for r in rows]
+    first, second = written["rows"]
+    assert first["ratio"] == 1.0 and second["ratio"] > 0
+    assert first["instances"] == second["instances"] == 7  # equal work
+    assert second["params_M"] < first["params_M"]
+    for row in written["rows"]:
+        assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+        assert row["GFLOPs"] > 0 and row["fp32_MB"] > 0
+
+
+def test_exported_model_row(tmp_path, capsys):
+    weights = save_random_losnet(tmp_path / "losnet.pth")
+    folder = tmp_path / "exported"
+    equal_work = ["MODEL.LOSNET.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "5"]
+    export.main(
+        ["--config-file", LOSNET, "--weights", weights, "--format", "torchscript",
+         "--output", str(folder), "--input-size", "64", "64", *equal_work]
+    )  # fmt: skip
+    rows = benchmark.main(
+        ["--config-file", LOSNET, "--exported", str(folder), "--input-size", "64", "64",
+         "--runs", "1", "--warmup", "0", "--top-k", "5", "--no-flops"]
+    )  # fmt: skip
+    assert [r["model"] for r in rows] == ["Base-LosNet", "Base-LosNet (torchscript)"]
+    assert rows[1]["instances"] == 5 and rows[1]["params_M"] is None
+    assert "(torchscript)" in capsys.readouterr().out
