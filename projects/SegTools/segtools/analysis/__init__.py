@@ -3,6 +3,7 @@ Ore particle-size analysis from instance masks: size measures per particle, size
 (sieve curves) by count and by mass, Rosin-Rammler and Swebrec fits, and written reports.
 """
 
+from .accuracy import DValueComparison, psd_accuracy
 from .coco_particles import (
     CocoImageInstances,
     CocoInputError,
@@ -40,6 +41,7 @@ __all__ = [
     "CocoImageInstances",
     "CocoInputError",
     "CumulativeCurve",
+    "DValueComparison",
     "FitResult",
     "ParticleMeasures",
     "ParticleTable",
@@ -55,6 +57,7 @@ __all__ = [
     "load_image",
     "measure_instances",
     "measure_particle",
+    "psd_accuracy",
     "resolve_image_paths",
     "sieve_series",
     "size_distribution",

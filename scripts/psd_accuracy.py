@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""
+Compare particle-size distributions measured from masks with the true sizes of a synthetic ore
+set (D50 and D80 by count and by mass), for ground-truth masks and optionally for predictions.
+
+    python scripts/psd_accuracy.py \\
+        --ground-truth datasets/ore_synthetic/val/annotations.json \\
+        [--predictions output/.../inference/ore_synthetic_val/coco_instances_results.json] \\
+        [--score-thresh 0.3] [--json accuracy.json]
+
+See segtools.analysis.accuracy for the three comparisons.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from tabulate import tabulate
+
+from segtools.analysis import psd_accuracy
+from segtools.atomic_io import atomic_write_json
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ground-truth", required=True, help="synthetic ore annotations.json")
+    parser.add_argument("--predictions", help="COCO results on the same images")
+    parser.add_argument("--score-thresh", type=float, default=0.0)
+    parser.add_argument("--max-hidden", type=float, default=0.05)
+    parser.add_argument("--json", help="also write the comparisons to this file")
+    args = parser.parse_args(argv)
+    for path in (args.ground_truth, args.predictions):
+        if path is not None and not os.path.isfile(path):
+            parser.error(f"no such file: {path}")
+
+    rows = psd_accuracy(
+        args.ground_truth, args.predictions, args.score_thresh, args.max_hidden, show_progress=True
+    )
+    table = [
+        [
+            r.subset,
+            r.weighting,
+            f"{r.particles} / {r.truth_particles}",
+            f"{r.measured['D50']:.1f} / {r.true['D50']:.1f}",
+            f"{100 * r.relative_error['D50']:+.1f}%",
+            f"{r.measured['D80']:.1f} / {r.true['D80']:.1f}",
+            f"{100 * r.relative_error['D80']:+.1f}%",
+        ]
+        for r in rows
+    ]
+    headers = ["particles", "weighting", "measured / truth n", "D50 px", "error", "D80 px", "error"]
+    print(tabulate(table, headers=headers, tablefmt="pipe"))
+    if args.json:
+        atomic_write_json(args.json, [dataclasses.asdict(r) for r in rows], indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
