@@ -129,6 +129,22 @@ def test_video_frames_and_an_undecodable_video(weights, tmp_path):
     assert [os.path.basename(s["source"]) for s in summary["skipped"]] == ["broken.mp4"]
 
 
+def test_no_detection_gives_empty_valid_outputs(weights, inputs, tmp_path):
+    out = tmp_path / "o"
+    code = run(
+        "--config-file", CONFIG, "--weights", weights, "--input", inputs / "a.png",
+        "--output", out, "--psd", "--mm-per-px", "0.5",
+        *OPTS, "MODEL.LOSNET.SCORE_THRESH_TEST", "1.0",
+    )  # fmt: skip
+    assert code == 0
+    with open(out / "a.json") as f:
+        assert json.load(f) == []
+    with open(out / "psd" / "a" / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["counts"]["particles"] == 0 and summary["d_values_mm"]["count"]["D50"] is None
+    assert cv2.imread(str(out / "a.png")).shape == (96, 128, 3)
+
+
 def test_empty_folder_and_bad_arguments(weights, tmp_path, capsys):
     os.makedirs(tmp_path / "empty")
     assert run("--config-file", CONFIG, "--weights", weights, "--input", tmp_path / "empty",
