@@ -7,6 +7,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 _ROOT_KEY = "DETECTRON2_DATASETS"
 
 
@@ -18,3 +20,16 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     shutil.rmtree(getattr(config, "stash_datasets_root", ""), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def builtin_datasets_root():
+    """The session's datasets root, holding tiny COCO 2017 val, LVIS v1 val and Cityscapes val."""
+    # Imported here: it imports detectron2.data, which must first see the root set above.
+    from dataset_builders import write_cityscapes_val, write_coco_val2017, write_lvis_v1_val
+
+    root = os.environ[_ROOT_KEY]
+    write_coco_val2017(root)
+    write_lvis_v1_val(root)
+    write_cityscapes_val(root)
+    return root

@@ -7,13 +7,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from dataset_builders import write_cityscapes_val, write_coco_val2017, write_lvis_v1_val
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BitMasks, Boxes, Instances
 
 import segtools  # noqa: F401  (registers the datasets)
-from segtools.data import datasets_root
 from segtools.data.coco_format import decode_segmentation
 from segtools.evaluation import (
     CityscapesSubsetInstanceEvaluator,
@@ -23,13 +21,8 @@ from segtools.evaluation import (
 
 
 @pytest.fixture(scope="module")
-def root():
-    root = datasets_root()
-    if not os.path.isdir(os.path.join(root, "coco")):
-        write_coco_val2017(root)
-        write_lvis_v1_val(root)
-        write_cityscapes_val(root)
-    return root
+def root(builtin_datasets_root):
+    return builtin_datasets_root
 
 
 def predictions_from_masks(height, width, masks, classes):

@@ -1,7 +1,6 @@
 """Tests of the ore particle-size analysis (segtools.analysis) and scripts/psd.py."""
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from segtools.analysis import (
+    LENGTH_MEASURES,
     PARTICLE_DTYPE,
     CumulativeCurve,
     ParticleTable,
@@ -26,8 +26,9 @@ from segtools.analysis import (
 from segtools.analysis.fits import rosin_rammler_size, swebrec_size
 from segtools.data.coco_format import annotation_from_mask, encode_mask
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PSD_SCRIPT = os.path.join(REPO_ROOT, "scripts", "psd.py")
+from helpers import REPO_ROOT, load_script
+
+PSD_SCRIPT = str(REPO_ROOT / "scripts" / "psd.py")
 REPORT_FILES = ("particles.csv", "distribution.csv", "summary.json", "psd.png")
 
 
@@ -68,15 +69,7 @@ def _table(ecd_mm, mm_per_px=0.5, frame=(100, 50), **columns) -> ParticleTable:
 @pytest.mark.parametrize("diameter", [8, 15, 32, 61])
 def test_circle_measures_within_one_pixel(diameter):
     measures = measure_particle(_disc(80, 90, 44.3, 40.7, diameter))
-    for name in (
-        "ecd",
-        "feret_min",
-        "feret_max",
-        "rect_width",
-        "rect_length",
-        "ellipse_major",
-        "ellipse_minor",
-    ):
+    for name in LENGTH_MEASURES:  # every length of a disc is its diameter
         assert abs(getattr(measures, name) - diameter) <= 1.0, name
     assert abs(measures.centroid_x - 44.3) < 0.2 and abs(measures.centroid_y - 40.7) < 0.2
     assert not measures.touches_border
@@ -418,16 +411,8 @@ def test_cli_rejects_bad_scale_and_missing_file(tmp_path):
     assert not os.path.exists(out)
 
 
-def _psd_main():
-    """scripts/psd.py's main(), loaded in this process (faster than a subprocess)."""
-    spec = importlib.util.spec_from_file_location("psd_script", PSD_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def test_cli_bad_json_or_missing_image_writes_nothing(tmp_path, capsys):
-    main = _psd_main()
+    main = load_script("psd").main  # in this process: faster than a subprocess
     gt_path = _write_ground_truth(str(tmp_path))
     out = str(tmp_path / "psd")
     malformed = str(tmp_path / "broken.json")

@@ -7,22 +7,16 @@ import sys
 
 import numpy as np
 import pytest
-from dataset_builders import write_cityscapes_val, write_coco_val2017, write_lvis_v1_val
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import segtools  # noqa: F401  (registers the datasets)
-from segtools.data import DatasetLayoutError, check_dataset_files, datasets_root
+from segtools.data import DatasetLayoutError, check_dataset_files
 from segtools.data.cityscapes_street import STREET5_CLASSES, ensure_cityscapes_supported
 
 
 @pytest.fixture(scope="module")
-def root():
-    root = datasets_root()
-    if not os.path.isdir(os.path.join(root, "coco")):
-        write_coco_val2017(root)
-        write_lvis_v1_val(root)
-        write_cityscapes_val(root)
-    return root
+def root(builtin_datasets_root):
+    return builtin_datasets_root
 
 
 def test_root_is_the_test_sessions_and_detectron2s(root):
