@@ -236,6 +236,18 @@ def test_swebrec_fit_on_its_own_curve():
     assert all(math.isfinite(v) for v in fit.params.values())
     assert fit.params["x_max"] > sizes.max()
     assert fit.d50_mm == pytest.approx(30.0, rel=0.05)
+    assert fit.note == ""
+
+
+def test_swebrec_fit_says_when_no_maximum_size_is_determined():
+    # Log-logistic sizes: Swebrec's limit as x_max grows, so x_max runs to its bound.
+    uniform = np.random.default_rng(4).random(2000)
+    sizes = 30.0 * (uniform / (1 - uniform)) ** (1 / 3)
+    fit = fit_models(CumulativeCurve.from_particles(sizes, np.ones_like(sizes)))["swebrec"]
+    assert fit.fitted and fit.r2 > 0.99
+    assert fit.params["x_max"] == pytest.approx(1e4 * sizes.max(), rel=1e-3)
+    assert "x_max stopped at its bound" in fit.note
+    assert fit.to_dict()["note"] == fit.note
 
 
 def _read_csv(path) -> list[dict]:

@@ -81,6 +81,7 @@ class FitResult:
         r2: coefficient of determination over the curve points.
         rmse_pct: root-mean-square residual, in percent passing.
         d50_mm, d80_mm: sizes at which the fitted curve passes 50% and 80%.
+        note: a caveat on a fitted model ("" when none), e.g. a parameter stopped at its bound.
     """
 
     model: str
@@ -91,6 +92,7 @@ class FitResult:
     rmse_pct: float
     d50_mm: float
     d80_mm: float
+    note: str = ""
 
     @classmethod
     def not_fitted(cls, model: str, reason: str) -> "FitResult":
@@ -112,6 +114,7 @@ class FitResult:
             "rmse_pct": self.rmse_pct,
             "d50_mm": self.d50_mm,
             "d80_mm": self.d80_mm,
+            "note": self.note,
         }
 
 
@@ -124,7 +127,9 @@ def _check_curve(curve: CumulativeCurve):
     return None
 
 
-def _result(model: str, params: dict[str, float], curve: CumulativeCurve) -> FitResult:
+def _result(
+    model: str, params: dict[str, float], curve: CumulativeCurve, note: str = ""
+) -> FitResult:
     percent = curve.plotting_percent()
     residuals = _PASSING[model](curve.sizes, **params) - percent
     total = np.sum((percent - percent.mean()) ** 2)
@@ -138,6 +143,7 @@ def _result(model: str, params: dict[str, float], curve: CumulativeCurve) -> Fit
         rmse_pct=float(np.sqrt(np.mean(residuals**2))),
         d50_mm=float(d50),
         d80_mm=float(d80),
+        note=note,
     )
 
 
@@ -208,7 +214,14 @@ def fit_swebrec(curve: CumulativeCurve) -> FitResult:
         return FitResult.not_fitted(model, f"least squares failed: {e}")
     x_max = math.exp(log_x_max)
     x50 = x_max * math.exp(-math.exp(log_log_ratio))
-    return _result(model, {"x_max": x_max, "x50": x50, "b": b}, curve)
+    note = ""
+    if log_x_max >= upper[0] - 1e-6:
+        # Swebrec tends to a log-logistic curve as x_max grows; the data then set no top size.
+        note = (
+            f"x_max stopped at its bound ({_SWEBREC_MAX_RATIO:g} x the largest particle): the "
+            "data determine no maximum size, and the curve is effectively log-logistic"
+        )
+    return _result(model, {"x_max": x_max, "x50": x50, "b": b}, curve, note)
 
 
 def fit_models(curve: CumulativeCurve) -> dict[str, FitResult]:
