@@ -21,9 +21,15 @@ instances each model returned.
 `--exported DIR` adds a row for a model written by scripts/export.py (TorchScript or ONNX Runtime),
 run on an input of the export size; its size is the file's. For equal work, export it with
 `MODEL.LOSNET.SCORE_THRESH_TEST 0.0 TEST.DETECTIONS_PER_IMAGE 100`.
+
+`--paper CSV` prints a paper's published figures beside the measured ones, matched by model name
+(columns model, paper_row, paper_infer_ms, paper_size_MB; e.g. projects/LosNet/paper_table8.csv,
+LosNet's Table 8, measured on an NVIDIA 2080 Ti). The paper's ratio is to the first row's paper
+latency, so the two ratio columns compare like with like.
 """
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -90,11 +96,40 @@ def read_export(folder: str, parser) -> dict:
         parser.error(f"--exported {folder}: no readable export.json ({e})")
 
 
+PAPER_COLUMNS = ("model", "paper_row", "paper_infer_ms", "paper_size_MB")
+
+
+def read_paper_figures(path: str, parser) -> dict:
+    """{model name: {"paper_row": str, "paper_infer_ms": float, "paper_size_MB": float}}."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(PAPER_COLUMNS) - set(reader.fieldnames or ())
+            if missing:
+                parser.error(f"--paper {path}: missing column(s) {sorted(missing)}")
+            return {
+                row["model"]: {
+                    "paper_row": row["paper_row"],
+                    "paper_infer_ms": float(row["paper_infer_ms"]),
+                    "paper_size_MB": float(row["paper_size_MB"]),
+                }
+                for row in reader
+            }
+    except OSError as e:
+        parser.error(f"--paper {path}: {e}")
+    except ValueError as e:
+        parser.error(f"--paper {path}: a latency or size is not a number ({e})")
+
+
 def count_gflops(model, inputs) -> float:
     with torch.no_grad():
         flops = FlopCountAnalysis(model, inputs)
         flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return flops.total() / 1e9
+
+
+def _or_dash(value, spec: str) -> str:
+    return "-" if value is None else spec.format(value)
 
 
 def main(argv=None):
@@ -109,6 +144,7 @@ def main(argv=None):
     parser.add_argument("--fold-bn", action="store_true", help="fold BatchNorms into convs first")
     parser.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count")
     parser.add_argument("--exported", action="append", default=[], help="scripts/export.py folder")
+    parser.add_argument("--paper", help="CSV of published figures to print beside the measured")
     parser.add_argument("--json", help="also write the table and the settings to this file")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.top_k < 1 or args.threads < 1:
@@ -117,6 +153,7 @@ def main(argv=None):
         if not os.path.isfile(config_file):
             parser.error(f"config file not found: {config_file}")
     exported = [read_export(folder, parser) for folder in args.exported]
+    paper = read_paper_figures(args.paper, parser) if args.paper else {}
 
     torch.set_num_threads(args.threads)
     height, width = args.input_size
@@ -180,6 +217,16 @@ def main(argv=None):
         )
     for row in rows:
         row["ratio"] = row["median_ms"] / rows[0]["median_ms"]
+    if paper:
+        first_paper_ms = paper.get(rows[0]["model"], {}).get("paper_infer_ms")
+        for row in rows:
+            figures = paper.get(row["model"], dict.fromkeys(PAPER_COLUMNS[1:]))
+            row.update(figures)
+            row["paper_ratio"] = (
+                figures["paper_infer_ms"] / first_paper_ms
+                if figures["paper_infer_ms"] is not None and first_paper_ms
+                else None
+            )
 
     settings = {
         "input_size": [height, width],
@@ -197,9 +244,9 @@ def main(argv=None):
     table = [
         [
             r["model"],
-            "-" if r["params_M"] is None else f"{r['params_M']:.2f}",
+            _or_dash(r["params_M"], "{:.2f}"),
             f"{r['fp32_MB']:.1f}",
-            "-" if r["GFLOPs"] is None else f"{r['GFLOPs']:.1f}",
+            _or_dash(r["GFLOPs"], "{:.1f}"),
             f"{r['median_ms']:.1f}",
             f"{r['min_ms']:.1f}",
             f"{r['max_ms']:.1f}",
@@ -208,10 +255,20 @@ def main(argv=None):
         ]
         for r in rows
     ]
+    if paper:
+        headers += ["paper row", "paper ms", "paper ratio", "paper MB"]
+        for line, r in zip(table, rows, strict=True):
+            line += [
+                r["paper_row"] or "-",
+                _or_dash(r["paper_infer_ms"], "{:.1f}"),
+                _or_dash(r["paper_ratio"], "{:.2f}x"),
+                _or_dash(r["paper_size_MB"], "{:.0f}"),
+            ]
     print(
         f"input {height}x{width}, {args.device}, {settings['threads']} threads, "
         f"{args.runs} runs after {args.warmup} warm-up, top-k {args.top_k}"
         + (", BN folded" if args.fold_bn else "")
+        + (f"; paper figures from {args.paper}" if args.paper else "")
     )
     print(tabulate(table, headers=headers, tablefmt="pipe"))
     if args.json:

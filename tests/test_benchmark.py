@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from helpers import REPO_ROOT, load_script, save_random_losnet
 
 benchmark = load_script("benchmark")
@@ -52,3 +54,30 @@ def test_exported_model_row(tmp_path, capsys):
     assert [r["model"] for r in rows] == ["Base-LosNet", "Base-LosNet (torchscript)"]
     assert rows[1]["instances"] == 5 and rows[1]["params_M"] is None
     assert "(torchscript)" in capsys.readouterr().out
+
+
+def test_paper_figures_beside_the_measured(tmp_path, capsys):
+    paper = tmp_path / "table.csv"
+    paper.write_text(
+        "model,paper_row,paper_infer_ms,paper_size_MB\n"
+        "mask_rcnn_R_18_FPN_ore_synthetic_cpu,Mask R-CNN,60.0,334\n"
+        "Base-LosNet,LosNet,15.0,26\n"
+    )
+    rows = benchmark.main(
+        ["--config-file", MASK_RCNN, LOSNET, "--input-size", "64", "64", "--runs", "1",
+         "--warmup", "0", "--top-k", "3", "--no-flops", "--paper", str(paper)]
+    )  # fmt: skip
+    assert [r["paper_row"] for r in rows] == ["Mask R-CNN", "LosNet"]
+    assert [r["paper_ratio"] for r in rows] == [1.0, 0.25]
+    assert rows[1]["paper_size_MB"] == 26.0
+    printed = capsys.readouterr().out
+    assert "paper ratio" in printed and "0.25x" in printed
+
+
+def test_paper_file_without_a_column_is_named(tmp_path, capsys):
+    paper = tmp_path / "table.csv"
+    paper.write_text("model,paper_infer_ms\nBase-LosNet,15.0\n")
+    with pytest.raises(SystemExit):
+        benchmark.main(["--config-file", LOSNET, "--paper", str(paper)])
+    error = capsys.readouterr().err
+    assert str(paper) in error and "paper_row" in error and "paper_size_MB" in error
