@@ -180,7 +180,7 @@ def main(argv=None) -> int:
             os.path.join(args.output, "psd", "all"),
             measure=args.size_measure,
             edge_mode=args.edge_mode,
-            title=f"{len(images)} images",
+            title=f"all {len(images)} image(s)",
         )
     atomic_write_json(os.path.join(args.output, "results.json"), all_results)
     summary = {
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     }
     atomic_write_json(os.path.join(args.output, "summary.json"), summary, indent=2)
     print(
-        f"{len(images)} images predicted, {len(all_results)} instances, {len(skipped)} inputs "
+        f"{len(images)} image(s) predicted, {len(all_results)} instances, {len(skipped)} input(s) "
         f"skipped; written to {args.output}"
     )
     return 1 if skipped else 0
