@@ -9,7 +9,7 @@ from .inputs import (
 )
 from .predictor import SCORE_THRESHOLD_KEYS, set_test_score_threshold
 from .tiled import TiledPredictor, window_cores
-from .visualize import draw_coco_results
+from .visualize import draw_detections
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -21,7 +21,7 @@ __all__ = [
     "Unreadable",
     "collect_inputs",
     "detections_from_instances",
-    "draw_coco_results",
+    "draw_detections",
     "intersection_over_smaller",
     "read_frames",
     "set_test_score_threshold",
