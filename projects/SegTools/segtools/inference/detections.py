@@ -63,7 +63,7 @@ class Detection:
             "category_id": self.category_id + 1,
             "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
             "score": float(self.score),
-            "segmentation": encode_mask(self.full_mask(height, width)),
+            "segmentation": encode_mask(self.mask, self.mask_origin, (height, width)),
         }
 
 
