@@ -50,7 +50,7 @@ from segtools.inference import (  # noqa: E402
     Unreadable,
     collect_inputs,
     detections_from_instances,
-    draw_coco_results,
+    draw_detections,
     read_frames,
     set_test_score_threshold,
 )
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
             seconds = time.perf_counter() - start
             results = [d.to_coco_result(image_id, height, width) for d in detections]
             atomic_write_json(os.path.join(args.output, f"{item.name}.json"), results)
-            picture = draw_coco_results(item.image, results, metadata)
+            picture = draw_detections(item.image, detections, metadata)
             atomic_write_image(os.path.join(args.output, f"{item.name}.png"), picture)
             all_results.extend(results)
             images.append(
@@ -159,11 +159,11 @@ def main(argv=None) -> int:
             )
             if args.psd:
                 table = measure_instances(
-                    [r["segmentation"] for r in results],
+                    detections,
                     (height, width),
                     args.mm_per_px,
                     image_id=image_id,
-                    scores=[r["score"] for r in results],
+                    scores=[d.score for d in detections],
                 )
                 write_psd_report(
                     table,

@@ -10,6 +10,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
+from detectron2.structures import Boxes, Instances
 
 from segtools.analysis import (
     LENGTH_MEASURES,
@@ -25,6 +27,7 @@ from segtools.analysis import (
 )
 from segtools.analysis.fits import rosin_rammler_size, swebrec_size
 from segtools.data.coco_format import annotation_from_mask, encode_mask
+from segtools.inference import detections_from_instances
 
 from helpers import REPO_ROOT, load_script
 
@@ -149,6 +152,46 @@ def test_segmentation_inputs_border_flag_and_table():
     for bad_scale in (0, -1.5, float("nan")):
         with pytest.raises(ValueError, match=str(bad_scale)):
             measure_instances([interior], (height, width), mm_per_px=bad_scale)
+
+
+def _detections_of(frames: list) -> list:
+    """Detections (masks over their box) of full-frame masks, scores 0.9, 0.8, ..."""
+    num = len(frames)
+    return detections_from_instances(
+        Instances(
+            frames[0].shape,
+            pred_masks=torch.from_numpy(np.stack(frames)),
+            pred_boxes=Boxes(torch.zeros(num, 4)),
+            scores=torch.tensor([0.9 - 0.1 * k for k in range(num)]),
+            pred_classes=torch.zeros(num, dtype=torch.int64),
+        )
+    )
+
+
+def test_masks_over_their_box_measure_as_frame_masks():
+    height, width = 40, 60
+    frames = [_disc(height, width, 30.0, 20.0, 12), _disc(height, width, 2.0, 20.0, 10)]
+    detections = _detections_of(frames)
+    assert [d.mask.shape != (height, width) for d in detections] == [True, True]
+    for detection, frame in zip(detections, frames, strict=True):
+        assert measure_particle(detection, (height, width)) == measure_particle(frame)
+    assert measure_particle(detections[1], (height, width)).touches_border is True
+    from_boxes = measure_instances(detections, (height, width), 1.0, scores=[0.9, 0.8])
+    from_frames = measure_instances(frames, (height, width), 1.0, scores=[0.9, 0.8])
+    assert from_boxes.records.tolist() == from_frames.records.tolist()
+    with pytest.raises(ValueError, match="needs image_size"):
+        measure_particle(detections[0])
+
+
+def test_masks_over_their_box_are_measured_without_a_full_frame(monkeypatch):
+    height, width = 40, 60
+    detections = _detections_of([_disc(height, width, 30.0, 20.0, 12)])
+
+    def full_frame_mask(*args):
+        raise AssertionError("a full-frame mask was built")
+
+    monkeypatch.setattr("segtools.analysis.size_measures._to_mask", full_frame_mask)
+    assert len(measure_instances(detections, (height, width), 1.0)) == 1
 
 
 def test_edge_modes_and_miles_lantuejoul_weights():

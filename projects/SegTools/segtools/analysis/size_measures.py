@@ -150,28 +150,44 @@ def _to_mask(instance, image_size: tuple[int, int] | None) -> np.ndarray:
     return decode_segmentation(instance, height, width)
 
 
-def measure_particle(
-    instance: np.ndarray | dict | list, image_size: tuple[int, int] | None = None
-) -> ParticleMeasures:
+def measure_particle(instance, image_size: tuple[int, int] | None = None) -> ParticleMeasures:
     """
     Measure one particle.
 
     Args:
-        instance: (H, W) boolean mask of the whole frame, or a COCO segmentation (RLE dict or
-            polygon list) of it.
-        image_size: (height, width) of the frame; needed for polygons, optional otherwise.
+        instance: (H, W) boolean mask of the whole frame, a COCO segmentation (RLE dict or
+            polygon list) of it, or the mask over a box of the frame: an object with `mask`
+            (h, w) and `mask_origin` (x, y), such as :class:`segtools.inference.Detection`
+            (measured without building the frame, 12 MB for a 4000 x 3000 photo).
+        image_size: (height, width) of the frame; needed for polygons and box masks, optional
+            otherwise.
 
     Raises:
         ValueError: if the mask is empty.
     """
+    return _measure_mask(*_mask_in_frame(instance, image_size))
+
+
+def _mask_in_frame(instance, image_size: tuple[int, int] | None) -> tuple:
+    """(mask, (x, y) of mask[0, 0] in the frame, (frame height, frame width)) of an instance."""
+    if hasattr(instance, "mask_origin"):
+        if image_size is None:
+            raise ValueError("A mask over a box needs image_size=(height, width)")
+        return instance.mask, tuple(instance.mask_origin), tuple(int(v) for v in image_size)
     mask = _to_mask(instance, image_size)
-    frame_h, frame_w = mask.shape
+    return mask, (0, 0), mask.shape
+
+
+def _measure_mask(mask: np.ndarray, origin: tuple, frame_size: tuple) -> ParticleMeasures:
+    """Measures of the particle `mask`, whose pixel [0, 0] is `origin` (x, y) in the frame."""
+    frame_h, frame_w = frame_size
     # C order: pycocotools decodes to Fortran order, which OpenCV would copy per call anyway.
     mask_u8 = np.ascontiguousarray(mask, dtype=np.uint8)
     x, y, w, h = cv2.boundingRect(mask_u8)
     if w == 0:
         raise ValueError("Cannot measure an empty mask")
     crop = np.ascontiguousarray(mask_u8[y : y + h, x : x + w])
+    x, y = x + origin[0], y + origin[1]
 
     moments = cv2.moments(crop, binaryImage=True)
     area = moments["m00"]
@@ -259,7 +275,7 @@ class ParticleTable:
 
 
 def measure_instances(
-    instances: Sequence[np.ndarray | dict | list],
+    instances: Sequence,
     image_size: tuple[int, int],
     mm_per_px: float,
     image_id: int = 0,
@@ -271,7 +287,8 @@ def measure_instances(
     Measure all instances of one image.
 
     Args:
-        instances: per particle a (H, W) boolean mask or a COCO segmentation of the frame.
+        instances: per particle a (H, W) boolean mask or a COCO segmentation of the frame, or
+            its mask over a box (see :func:`measure_particle`).
         image_size: (height, width) of the frame.
         mm_per_px: scale, > 0 (ValueError naming the value otherwise).
         image_id: written to every record.
@@ -297,10 +314,10 @@ def measure_instances(
         desc=f"measuring image {image_id}",
         disable=not show_progress,
     ):
-        mask = _to_mask(instance, (height, width))
+        mask, origin, frame_size = _mask_in_frame(instance, (height, width))
         if not mask.any():
             continue
-        measures = dataclasses.astuple(measure_particle(mask))
+        measures = dataclasses.astuple(_measure_mask(mask, origin, frame_size))
         records.append((image_id, annotation_id, score, width, height) + measures)
     if len(records) < len(instances):
         logger.warning(
