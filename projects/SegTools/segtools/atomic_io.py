@@ -11,7 +11,13 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-__all__ = ["atomic_write_json", "atomic_write_text", "atomic_write_image", "atomic_directory"]
+__all__ = [
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_write_image",
+    "atomic_directory",
+    "strict_json_value",
+]
 
 
 @contextlib.contextmanager
@@ -36,21 +42,21 @@ def atomic_write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-def _strict_json_value(obj):
+def strict_json_value(obj):
     """`obj` with NaN and infinities as None: JSON has no NaN, and strict parsers reject it."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {key: _strict_json_value(value) for key, value in obj.items()}
+        return {key: strict_json_value(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_strict_json_value(value) for value in obj]
+        return [strict_json_value(value) for value in obj]
     return obj
 
 
 def atomic_write_json(path: str, obj, indent=None) -> None:
     """Write `obj` as strict JSON (NaN and infinities become null, e.g. COCO's AP of no object)."""
     with _temporary_sibling(path, ".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_strict_json_value(obj), f, indent=indent, allow_nan=False)
+        json.dump(strict_json_value(obj), f, indent=indent, allow_nan=False)
 
 
 def atomic_write_image(path: str, image: np.ndarray) -> None:

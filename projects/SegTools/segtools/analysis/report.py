@@ -23,7 +23,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from ..atomic_io import atomic_directory, atomic_write_image, atomic_write_json, atomic_write_text
+from ..atomic_io import (
+    atomic_directory,
+    atomic_write_image,
+    atomic_write_json,
+    atomic_write_text,
+    strict_json_value,
+)
 from ..data.coco_format import decode_segmentation
 from .distribution import (
     D_PERCENTS,
@@ -59,17 +65,6 @@ PLOT_PNG = "psd.png"
 
 _COLOURS = {"count": "tab:blue", "mass": "tab:red"}
 _FIT_STYLES = {"rosin_rammler": ("Rosin-Rammler", "--"), "swebrec": ("Swebrec", (0, (6, 2, 1, 2)))}
-
-
-def _json_safe(value):
-    """`value` with NaN and infinities replaced by None, so the JSON is strict."""
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _csv_text(header: list[str], rows) -> str:
@@ -126,7 +121,7 @@ def summarize(
         fits: {weighting: {model: FitResult}} for weightings "count" and "mass".
     """
     count = distribution.count
-    return _json_safe(
+    return strict_json_value(
         {
             "title": title,
             "mm_per_px": mm_per_px,

@@ -3,7 +3,7 @@
 import numpy as np
 import pycocotools.mask as mask_util
 
-__all__ = ["encode_mask", "decode_segmentation", "annotation_from_mask"]
+__all__ = ["encode_mask", "decode_segmentation", "annotation_from_mask", "mask_box"]
 
 
 def encode_mask(mask: np.ndarray, origin=(0, 0), frame_size=None) -> dict:
@@ -77,6 +77,18 @@ def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
     return mask_util.decode(rle).astype(bool)
 
 
+def mask_box(mask: np.ndarray):
+    """
+    (x0, y0, x1, y1) of the set pixels of a (H, W) mask, end-exclusive, or None if it is empty.
+    """
+    # Row and column projections find the box far faster than np.nonzero over the whole mask.
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) == 0:
+        return None
+    columns = np.flatnonzero(mask.any(axis=0))
+    return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
+
+
 def annotation_from_mask(mask: np.ndarray, category_id: int = 1, **extra) -> dict:
     """
     A COCO annotation (without "id" and "image_id") whose box and area are exact for `mask`.
@@ -85,10 +97,7 @@ def annotation_from_mask(mask: np.ndarray, category_id: int = 1, **extra) -> dic
         mask: (H, W) boolean array with at least one True pixel.
         extra: additional per-annotation keys, written as given.
     """
-    # Row and column projections find the box far faster than np.nonzero over the whole mask.
-    rows = np.flatnonzero(mask.any(axis=1))
-    columns = np.flatnonzero(mask.any(axis=0))
-    x0, y0, x1, y1 = columns[0], rows[0], columns[-1] + 1, rows[-1] + 1
+    x0, y0, x1, y1 = mask_box(mask)
     return {
         "category_id": category_id,
         "segmentation": encode_mask(mask),

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.coco_format import encode_mask
+from ..data.coco_format import encode_mask, mask_box
 
 __all__ = ["Detection", "detections_from_instances", "intersection_over_smaller"]
 
@@ -85,17 +85,16 @@ def detections_from_instances(instances, offset=(0, 0)) -> list:
     for mask, box, score, category in zip(
         masks, boxes, instances.scores.tolist(), instances.pred_classes.tolist(), strict=True
     ):
-        rows = np.flatnonzero(mask.any(axis=1))
-        columns = np.flatnonzero(mask.any(axis=0))
-        if len(rows) == 0:
+        pixels_box = mask_box(mask)
+        if pixels_box is None:
             continue
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, columns[0], columns[-1] + 1
+        x0, y0, x1, y1 = pixels_box
         detections.append(
             Detection(
                 score=score,
                 category_id=category,
                 box=(box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy),
-                mask_origin=(int(x0) + dx, int(y0) + dy),
+                mask_origin=(x0 + dx, y0 + dy),
                 mask=mask[y0:y1, x0:x1].copy(),
             )
         )

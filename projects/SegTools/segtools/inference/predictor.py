@@ -1,4 +1,4 @@
-"""Detectron2 predictors for the models of every project, with shared test-time settings."""
+"""Test-time settings that a predictor of any model in this repository shares."""
 
 __all__ = ["SCORE_THRESHOLD_KEYS", "set_test_score_threshold"]
 
