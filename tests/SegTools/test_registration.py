@@ -13,6 +13,8 @@ import segtools  # noqa: F401  (registers the datasets)
 from segtools.data import DatasetLayoutError, check_dataset_files
 from segtools.data.cityscapes_street import STREET5_CLASSES, ensure_cityscapes_supported
 
+from helpers import REPO_ROOT
+
 
 @pytest.fixture(scope="module")
 def root(builtin_datasets_root):
@@ -156,5 +158,4 @@ def test_importing_projects_needs_no_model_zoo_or_network():
         "bad += [m for m in sys.modules if m == 'pkg_resources']\n"
         "assert not bad, bad\n"
     )
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

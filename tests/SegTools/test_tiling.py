@@ -13,11 +13,13 @@ import pytest
 from segtools.data.coco_format import decode_segmentation, encode_mask
 from segtools.data.tiling import tile_coco_dataset, tile_windows
 
+from helpers import REPO_ROOT
+
 # Source images are 100 x 70 pixels, cut with tile 40 / overlap 10, giving windows
 # x: [0, 40), [30, 70), [60, 100) and y: [0, 40), [30, 70).
 WIDTH, HEIGHT, TILE, OVERLAP = 100, 70, 40, 10
 
-CLI = Path(__file__).resolve().parents[1] / "datasets" / "prepare_ore_tiles.py"
+CLI = REPO_ROOT / "datasets" / "prepare_ore_tiles.py"
 
 
 def _noise_image(seed: int) -> np.ndarray:

@@ -19,12 +19,14 @@ from segtools.data.synthetic_ore import (
     render_synthetic_ore_image,
 )
 
+from helpers import REPO_ROOT
+
 EXTRA_KEYS = ["true_diameter_px", "visible_fraction", "touches_border"]
 # Not square, so that a swapped width and height shows.
 SIZE = (128, 96)
 SEED = 3
 NUM_IMAGES = 6
-CLI_PATH = os.path.join(os.path.dirname(__file__), "..", "datasets", "make_synthetic_ore.py")
+CLI_PATH = str(REPO_ROOT / "datasets" / "make_synthetic_ore.py")
 
 
 def _read_bytes(path) -> bytes:
