@@ -12,12 +12,30 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "check_new_or_empty_folder",
     "atomic_write_json",
     "atomic_write_text",
     "atomic_write_image",
     "atomic_directory",
     "strict_json_value",
 ]
+
+
+def check_new_or_empty_folder(path: str, what: str = "output folder") -> None:
+    """
+    Refuse to write into `path` unless it does not exist or is an empty folder, so that old
+    results are never mixed with new ones.
+
+    Args:
+        what: how the message names `path` (e.g. "--output").
+
+    Raises:
+        FileExistsError: naming `what` and `path`.
+    """
+    if os.path.isdir(path) and os.listdir(path):
+        raise FileExistsError(f"{what} {path} is not empty: give a new or empty folder")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{what} {path} is a file: give a new or empty folder")
 
 
 @contextlib.contextmanager
