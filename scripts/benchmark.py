@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -43,14 +42,10 @@ from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 from tabulate import tabulate
 
-# The repository root holds train_net.py, which knows every project's config keys.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from losnet import fold_batch_norms  # noqa: E402
-from segtools.atomic_io import atomic_write_json  # noqa: E402
-from segtools.batch_norm import calibrate_batch_norms  # noqa: E402
-from segtools.export import exported_file, load_exported  # noqa: E402
-from segtools.inference import set_test_score_threshold  # noqa: E402
-from train_net import get_project_cfg  # noqa: E402
+from segtools.atomic_io import atomic_write_json
+from segtools.batch_norm import calibrate_batch_norms, fold_batch_norms
+from segtools.config import get_project_cfg, set_test_score_threshold
+from segtools.export import exported_file, load_exported
 
 
 def equal_work_cfg(config_file: str, device: str, top_k: int):

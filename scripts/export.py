@@ -21,18 +21,17 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import cv2
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from losnet import fold_batch_norms  # noqa: E402
-from segtools.atomic_io import atomic_write_json  # noqa: E402
-from segtools.data.synthetic_ore import render_synthetic_ore_image  # noqa: E402
-from segtools.export import (  # noqa: E402
+from segtools.atomic_io import atomic_write_json
+from segtools.batch_norm import fold_batch_norms
+from segtools.config import get_project_cfg
+from segtools.data.synthetic_ore import render_synthetic_ore_image
+from segtools.export import (
     EXPORT_FORMATS,
     compare_outputs,
     export_model,
@@ -41,7 +40,6 @@ from segtools.export import (  # noqa: E402
     output_names,
     reference_outputs,
 )
-from train_net import get_project_cfg  # noqa: E402
 
 # Exported outputs must equal PyTorch's within these: box corners (pixels) and scores by the
 # largest absolute difference, classes and mask pixels by the fraction of differing elements.

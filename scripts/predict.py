@@ -29,32 +29,28 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from tqdm import tqdm
 
-# The repository root holds train_net.py, which knows every project's config keys.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segtools.analysis import (  # noqa: E402
+from segtools.analysis import (
     EDGE_MODES,
     LENGTH_MEASURES,
     ParticleTable,
     measure_instances,
     write_psd_report,
 )
-from segtools.atomic_io import atomic_write_image, atomic_write_json  # noqa: E402
-from segtools.inference import (  # noqa: E402
+from segtools.atomic_io import atomic_write_image, atomic_write_json
+from segtools.config import get_project_cfg, set_test_score_threshold
+from segtools.inference import (
     TiledPredictor,
     Unreadable,
     collect_inputs,
     detections_from_instances,
     draw_detections,
     read_frames,
-    set_test_score_threshold,
 )
-from train_net import get_project_cfg  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-import train_net
+from segtools.config import get_project_cfg
 
 from helpers import REPO_ROOT
 
@@ -12,7 +12,7 @@ ABLATIONS = REPO_ROOT / "configs/LosNet/ablations"
 
 
 def num_params(config_name):
-    cfg = train_net.get_project_cfg(str(ABLATIONS / config_name), ["MODEL.DEVICE", "cpu"])
+    cfg = get_project_cfg(str(ABLATIONS / config_name), ["MODEL.DEVICE", "cpu"])
     cfg.MODEL.WEIGHTS = ""
     torch.manual_seed(0)
     return sum(p.numel() for p in build_model(cfg).parameters())

@@ -6,7 +6,7 @@ import pytest
 import torch
 from detectron2.utils.events import EventStorage
 
-from losnet import fold_batch_norms
+from segtools.batch_norm import fold_batch_norms
 
 from helpers import build_losnet, rectangle_instances, training_batch
 

@@ -5,7 +5,7 @@ import os
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
 
-import train_net
+from segtools import engine
 from segtools.data.synthetic_ore import generate_synthetic_ore
 
 from helpers import REPO_ROOT
@@ -41,6 +41,6 @@ def test_losnet_overfits_four_synthetic_images(tmp_path):
             "OUTPUT_DIR", str(tmp_path / "output"),
         ]
     )  # fmt: skip
-    results = train_net.main(args)
+    results = engine.main(args)
     assert results["segm"]["AP50"] >= 90.0, results
     assert results["bbox"]["AP50"] >= 90.0, results

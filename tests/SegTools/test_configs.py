@@ -4,7 +4,7 @@ import glob
 
 import pytest
 
-import train_net
+from segtools.config import get_project_cfg
 
 from helpers import REPO_ROOT
 
@@ -17,5 +17,5 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("config_file", CONFIGS, ids=lambda p: p.split("configs/")[-1])
 def test_config_loads(config_file):
-    cfg = train_net.get_project_cfg(config_file)
+    cfg = get_project_cfg(config_file)
     assert cfg.MODEL.META_ARCHITECTURE in ("GeneralizedRCNN", "LosNet")

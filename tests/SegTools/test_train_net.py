@@ -8,7 +8,8 @@ import pytest
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
 
-import train_net
+from segtools import engine
+from segtools.config import get_project_cfg
 from segtools.data.synthetic_ore import generate_synthetic_ore
 
 from helpers import REPO_ROOT
@@ -42,7 +43,7 @@ def tiny_synthetic_ore(tmp_path_factory):
 
 def run(*flags, opts=()):
     args = default_argument_parser().parse_args(["--config-file", CONFIG, *flags, *SMALL, *opts])
-    return train_net.main(args)
+    return engine.main(args)
 
 
 def logged_iterations(output_dir):
@@ -93,11 +94,11 @@ def test_eval_only_reports_ap(trained, tmp_path):
 
 def test_config_key_typo_fails_with_detectron2s_error(tmp_path):
     with pytest.raises(AssertionError, match="Non-existent key: MODEL.LOSNET.NUM_CLASES"):
-        train_net.get_project_cfg(CONFIG, ["MODEL.LOSNET.NUM_CLASES", "2"])
+        get_project_cfg(CONFIG, ["MODEL.LOSNET.NUM_CLASES", "2"])
     typo = tmp_path / "typo.yaml"
     typo.write_text(f'_BASE_: "{CONFIG}"\nMODEL:\n  LOSNET:\n    NUM_CLASES: 2\n')
     with pytest.raises(KeyError, match="Non-existent config key: MODEL.LOSNET.NUM_CLASES"):
-        train_net.get_project_cfg(str(typo))
+        get_project_cfg(str(typo))
 
 
 def test_missing_dataset_stops_before_training(tmp_path):
@@ -105,4 +106,4 @@ def test_missing_dataset_stops_before_training(tmp_path):
         ["--config-file", CONFIG, "DATASETS.TRAIN", "('ore_train',)", "OUTPUT_DIR", str(tmp_path)]
     )
     with pytest.raises(FileNotFoundError, match="(?s)DETECTRON2_DATASETS.*ore/train/annotations"):
-        train_net.main(args)
+        engine.main(args)

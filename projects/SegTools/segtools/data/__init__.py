@@ -1,7 +1,7 @@
 from . import registration as _  # noqa: F401  (registers the datasets)
 from .layout import DATASETS_ENV, DatasetLayoutError, check_dataset_files, datasets_root
 from .mapper import CheckedDatasetMapper, ImageReadError
-from .registration import ORE_CLASSES, ORE_SPLITS, SYNTHETIC_ORE_SPLITS
+from .registration import ORE_CLASSES, ORE_SPLITS, SYNTHETIC_ORE_SPLITS, prepare_dataset
 
 __all__ = [
     "CheckedDatasetMapper",
@@ -13,4 +13,5 @@ __all__ = [
     "SYNTHETIC_ORE_SPLITS",
     "check_dataset_files",
     "datasets_root",
+    "prepare_dataset",
 ]

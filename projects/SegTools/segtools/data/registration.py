@@ -18,13 +18,14 @@ from detectron2.data.datasets import load_coco_json
 
 from .cityscapes_street import STREET5_CLASSES, load_cityscapes_street_instances
 from .layout import check_dataset_files, datasets_root
-from .synthetic_ore import generate_synthetic_ore
+from .synthetic_ore import ensure_synthetic_ore
 
 __all__ = [
     "ORE_CLASSES",
     "ORE_SPLITS",
     "SYNTHETIC_ORE_SPLITS",
     "SyntheticOreSpec",
+    "prepare_dataset",
     "register_all",
 ]
 
@@ -64,12 +65,20 @@ def _load_ore(dataset_name: str):
     return load_coco_json(meta.json_file, meta.image_root, dataset_name, ORE_EXTRA_KEYS)
 
 
-def _load_synthetic_ore(dataset_name: str, spec: SyntheticOreSpec):
+def prepare_dataset(dataset_name: str) -> None:
+    """
+    Generate a dataset that is generated on first use (synthetic ore) if its folder is missing
+    or holds a set of another generator version; other datasets are left as they are.
+    """
+    spec = SYNTHETIC_ORE_SPLITS.get(dataset_name)
+    if spec is not None:
+        folder = os.path.dirname(MetadataCatalog.get(dataset_name).json_file)
+        ensure_synthetic_ore(folder, spec.num_images, spec.seed, spec.size)
+
+
+def _load_synthetic_ore(dataset_name: str):
+    prepare_dataset(dataset_name)
     meta = MetadataCatalog.get(dataset_name)
-    if not os.path.isfile(meta.json_file):
-        generate_synthetic_ore(
-            os.path.dirname(meta.json_file), spec.num_images, spec.seed, spec.size
-        )
     return load_coco_json(meta.json_file, meta.image_root, dataset_name, ORE_EXTRA_KEYS)
 
 
@@ -89,7 +98,7 @@ def register_all(root: str) -> None:
         MetadataCatalog.get(name).set(**_ore_metadata(root, folder))
 
     for name, spec in SYNTHETIC_ORE_SPLITS.items():
-        DatasetCatalog.register(name, lambda name=name, spec=spec: _load_synthetic_ore(name, spec))
+        DatasetCatalog.register(name, lambda name=name: _load_synthetic_ore(name))
         MetadataCatalog.get(name).set(
             **_ore_metadata(root, spec.folder), generated_on_first_use=True
         )

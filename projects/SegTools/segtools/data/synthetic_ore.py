@@ -33,7 +33,10 @@ lighting level ``LIGHTING_LEVELS[(k + k // 3) % 3]``: every 3 consecutive images
 of both, and every 9 each of their combinations, so even a tiny set varies.
 """
 
+import json
+import logging
 import os
+import shutil
 from dataclasses import dataclass
 
 import cv2
@@ -49,11 +52,15 @@ __all__ = [
     "MIN_IMAGE_SIDE",
     "MIN_VISIBLE_AREA",
     "SyntheticOreImage",
+    "StaleSyntheticOreError",
+    "ensure_synthetic_ore",
     "generate_synthetic_ore",
     "render_synthetic_ore_image",
 ]
 
+# Bump when the generator's output changes: cached sets of another version are regenerated.
 FORMAT_VERSION = 1
+_DESCRIPTION = "Synthetic crushed ore on a conveyor belt (segtools)"
 MIN_IMAGE_SIDE = 64
 MIN_VISIBLE_AREA = 16
 
@@ -656,7 +663,7 @@ def generate_synthetic_ore(
             )
         coco = {
             "info": {
-                "description": "Synthetic crushed ore on a conveyor belt (segtools)",
+                "description": _DESCRIPTION,
                 "format_version": FORMAT_VERSION,
                 "seed": seed,
                 "size": [width, height],
@@ -669,3 +676,73 @@ def generate_synthetic_ore(
         }
         atomic_write_json(os.path.join(tmp_dir, "annotations.json"), coco)
     return os.path.join(out_dir, "annotations.json")
+
+
+class StaleSyntheticOreError(FileExistsError):
+    """A folder where a synthetic ore set belongs holds something this generator did not write."""
+
+
+def _generator_settings(num_images: int, seed: int, size) -> dict:
+    """What an annotations.json "info" records of the generator and its arguments."""
+    return {
+        "description": _DESCRIPTION,
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "size": list(size),
+        "num_images": num_images,
+    }
+
+
+def _cached_settings(json_path: str) -> dict | None:
+    """The generator settings recorded in `json_path`, or None if it holds none."""
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            info = json.load(f).get("info", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(info, dict) or info.get("description") != _DESCRIPTION:
+        return None
+    return {key: info.get(key) for key in _generator_settings(1, 0, (0, 0))}
+
+
+def ensure_synthetic_ore(out_dir: str, num_images: int, seed: int, size=(320, 320)) -> str:
+    """
+    The synthetic ore set of these arguments in `out_dir`, generated if the folder is missing
+    or empty, and regenerated (with a logged message) if it holds a set of another format
+    version or other arguments.
+
+    Returns:
+        The path of ``out_dir/annotations.json``.
+
+    Raises:
+        StaleSyntheticOreError: if `out_dir` holds files that this generator did not write
+            (they are left as they are).
+    """
+    json_path = os.path.join(out_dir, "annotations.json")
+    expected = _generator_settings(num_images, seed, size)
+    if not os.path.exists(out_dir) or (os.path.isdir(out_dir) and not os.listdir(out_dir)):
+        return generate_synthetic_ore(out_dir, num_images, seed, size)
+    cached = _cached_settings(json_path)
+    if cached == expected:
+        return json_path
+    if cached is None:
+        raise StaleSyntheticOreError(
+            f"{out_dir} should hold the synthetic ore set but holds no annotations.json written "
+            "by this generator: move the folder away (it is generated again on first use)"
+        )
+    logging.getLogger(__name__).warning(
+        "Regenerating the synthetic ore set in %s: it was written with %s, this generator "
+        "writes %s",
+        out_dir,
+        {k: v for k, v in cached.items() if v != expected[k]},
+        {k: v for k, v in expected.items() if v != cached[k]},
+    )
+    stale = f"{os.path.normpath(out_dir)}.stale-{os.getpid()}"
+    os.rename(out_dir, stale)
+    try:
+        json_path = generate_synthetic_ore(out_dir, num_images, seed, size)
+    except BaseException:
+        os.rename(stale, out_dir)
+        raise
+    shutil.rmtree(stale)
+    return json_path

@@ -7,13 +7,11 @@ from .inputs import (
     collect_inputs,
     read_frames,
 )
-from .predictor import SCORE_THRESHOLD_KEYS, set_test_score_threshold
 from .tiled import TiledPredictor, window_cores
 from .visualize import draw_detections
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "SCORE_THRESHOLD_KEYS",
     "VIDEO_EXTENSIONS",
     "Detection",
     "Frame",
@@ -24,6 +22,5 @@ __all__ = [
     "draw_detections",
     "intersection_over_smaller",
     "read_frames",
-    "set_test_score_threshold",
     "window_cores",
 ]
