@@ -3,6 +3,9 @@
 import json
 
 import pytest
+import torch
+
+from segtools.benchmark import count_gflops
 
 from helpers import REPO_ROOT, load_script, save_random_losnet
 
@@ -37,6 +40,23 @@ def test_two_configs_print_two_rows_and_valid_json(tmp_path, capsys):
     for row in written["rows"]:
         assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
         assert row["GFLOPs"] > 0 and row["fp32_MB"] > 0
+    # LosNet's dynamic mask head is a batched matrix product: counted, not listed as left out.
+    assert "aten::baddbmm" not in second["uncounted_ops"]
+    for row in written["rows"]:
+        left_out = ", ".join(f"{op} ({n}x)" for op, n in sorted(row["uncounted_ops"].items()))
+        assert (f"GFLOPs of {row['model']} leave out: {left_out}" in printed) == bool(left_out)
+
+
+class _DynamicProduct(torch.nn.Module):
+    """One aten::baddbmm of (3, 5, 4) x (3, 4, 7) batches, as a dynamic head computes."""
+
+    def forward(self, features):
+        return torch.baddbmm(torch.zeros(3, 5, 7), features, torch.ones(3, 4, 7))
+
+
+def test_batched_matrix_products_count_their_multiply_adds():
+    gflops, uncounted = count_gflops(_DynamicProduct(), (torch.ones(3, 5, 4),))
+    assert gflops * 1e9 == pytest.approx(3 * 5 * 4 * 7) and uncounted == {}
 
 
 def test_exported_model_row(tmp_path, capsys):

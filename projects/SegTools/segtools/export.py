@@ -7,28 +7,54 @@ the config's channel order (INPUT.FORMAT), as float32 0-255; normalisation is in
 returns the flattened Instances fields in the order of :func:`output_names`.
 """
 
+import json
 import os
+import statistics
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.export import TracingAdapter
 from detectron2.export.flatten import flatten_to_tuple
+from detectron2.modeling import build_model
 from scipy.optimize import linear_sum_assignment
+
+from .atomic_io import atomic_write_json
+from .batch_norm import fold_batch_norms
+from .data.synthetic_ore import render_synthetic_ore_image
+from .latency import measure_latency_ms
 
 __all__ = [
     "EXPORT_FORMATS",
+    "TOLERANCES",
     "compare_outputs",
+    "export_and_check",
     "export_model",
     "exported_file",
     "load_exported",
     "output_names",
+    "read_export_metadata",
     "reference_outputs",
+    "sample_inputs",
 ]
 
 EXPORT_FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
 # ONNX opset of the export: the first with every op the models use (TopK with a tensor k, NMS).
 ONNX_OPSET = 17
+# Exported outputs must equal PyTorch's within these: box corners (pixels) and scores by the
+# largest absolute difference, classes and mask pixels by the fraction of differing elements.
+# Folding the BatchNorms and the runtime's kernels reorder float sums: boxes move by thousandths
+# of a pixel and a few mask pixels whose probability is 0.5 may flip.
+TOLERANCES = {
+    "pred_boxes": 0.05,
+    "scores": 1e-3,
+    "pred_classes": 0.0,
+    "pred_masks": 1e-3,
+    "image_size": 0.0,
+}
+_LATENCY_RUNS = 5
 
 
 def _adapter(model: torch.nn.Module, image: torch.Tensor) -> TracingAdapter:
@@ -161,3 +187,107 @@ def compare_outputs(names: list, expected: tuple, actual: tuple) -> dict:
 
 def exported_file(output_dir: str, export_format: str) -> str:
     return os.path.join(output_dir, EXPORT_FORMATS[export_format])
+
+
+def read_export_metadata(folder: str) -> dict:
+    """
+    The export.json of an export folder.
+
+    Raises:
+        ValueError: naming the folder, if it has no readable export.json.
+    """
+    try:
+        with open(os.path.join(folder, "export.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{folder}: no readable export.json ({e})") from e
+
+
+def sample_inputs(paths, size, input_format: str) -> list:
+    """
+    (3, H, W) float32 tensors of the images at `paths` (three synthetic ore images if none),
+    resized to `size` = (H, W), in the model's channel order `input_format` ("BGR" or "RGB").
+    """
+    if paths:
+        images = []
+        for path in paths:
+            image = cv2.imread(path, cv2.IMREAD_COLOR)
+            if image is None:
+                raise OSError(f"cannot read sample image {path}")
+            images.append(image)
+    else:
+        images = [render_synthetic_ore_image(seed=7, index=k).image for k in range(3)]
+    tensors = []
+    for image in images:
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        if input_format == "RGB":
+            image = image[:, :, ::-1]
+        tensors.append(torch.as_tensor(image.transpose(2, 0, 1).astype("float32")))
+    return tensors
+
+
+def _within_tolerance(report: dict) -> bool:
+    return all(
+        entry["shape_equal"]
+        and entry.get("max_abs_diff", entry.get("mismatch_fraction", 0.0)) <= TOLERANCES[name]
+        for name, entry in report.items()
+    )
+
+
+def _median_latency_ms(run, image) -> float:
+    return statistics.median(measure_latency_ms(lambda: run(image), _LATENCY_RUNS))
+
+
+def export_and_check(
+    cfg, config_file: str, weights: str, export_format: str, output_dir: str, size, samples=()
+) -> dict:
+    """
+    Export the model of `cfg` with `weights`, BatchNorms folded, into `output_dir` (model file,
+    export.json, parity.json), and compare its outputs with the unfolded PyTorch model's on the
+    sample images.
+
+    Args:
+        cfg: the model's config (on the CPU), read from `config_file`.
+        size: (H, W) export input size.
+        samples: paths of the parity-check images; default: three synthetic ore images.
+
+    Returns:
+        The parity report: {"tolerances", "passed", "images": per-image comparisons,
+        "latency": median ms of PyTorch, folded PyTorch and the exported model}.
+    """
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(weights)
+    folded = fold_batch_norms(model)
+    images = sample_inputs(samples, size, cfg.INPUT.FORMAT)
+    os.makedirs(output_dir, exist_ok=True)
+    path = exported_file(output_dir, export_format)
+    export_model(folded, images[0], export_format, path)
+    exported = load_exported(path)
+    names = output_names(model, images[0])
+    reports = [
+        compare_outputs(names, reference_outputs(model, image), exported(image)) for image in images
+    ]
+    parity = {
+        "tolerances": TOLERANCES,
+        "passed": all(_within_tolerance(report) for report in reports),
+        "images": reports,
+        "latency": {
+            "pytorch_ms": _median_latency_ms(lambda x: reference_outputs(model, x), images[0]),
+            "pytorch_folded_ms": _median_latency_ms(
+                lambda x: reference_outputs(folded, x), images[0]
+            ),
+            f"{export_format}_ms": _median_latency_ms(exported, images[0]),
+            "threads": torch.get_num_threads(),
+        },
+    }
+    metadata = {
+        "format": export_format,
+        "config_file": config_file,
+        "weights": weights,
+        "input_size": list(size),
+        "input_format": cfg.INPUT.FORMAT,
+        "outputs": names,
+    }
+    atomic_write_json(os.path.join(output_dir, "export.json"), metadata, indent=2)
+    atomic_write_json(os.path.join(output_dir, "parity.json"), parity, indent=2)
+    return parity
