@@ -28,29 +28,12 @@ is then 1. Every file is written whole or not at all.
 import argparse
 import os
 import sys
-import time
 
-from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultPredictor
-from tqdm import tqdm
-
-from segtools.analysis import (
-    EDGE_MODES,
-    LENGTH_MEASURES,
-    ParticleTable,
-    measure_instances,
-    write_psd_report,
-)
-from segtools.atomic_io import atomic_write_image, atomic_write_json
+from segtools.analysis import EDGE_MODES, LENGTH_MEASURES
+from segtools.atomic_io import check_new_or_empty_folder
 from segtools.config import get_project_cfg, set_test_score_threshold
-from segtools.inference import (
-    TiledPredictor,
-    Unreadable,
-    collect_inputs,
-    detections_from_instances,
-    draw_detections,
-    read_frames,
-)
+from segtools.inference import collect_inputs
+from segtools.inference.run import PsdOptions, build_predictor, predict_to_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,8 +63,10 @@ def check_args(parser, args) -> None:
         parser.error(f"--config-file: no such file: {args.config_file}")
     if not os.path.isfile(args.weights):
         parser.error(f"--weights: no such file: {args.weights}")
-    if os.path.exists(args.output) and (not os.path.isdir(args.output) or os.listdir(args.output)):
-        parser.error(f"--output: {args.output} exists and is not an empty folder")
+    try:
+        check_new_or_empty_folder(args.output, "--output")
+    except FileExistsError as e:
+        parser.error(str(e))
     if args.psd and (args.mm_per_px is None or not args.mm_per_px > 0):
         parser.error(f"--psd needs --mm-per-px > 0, got {args.mm_per_px}")
     if args.tile is not None and not 0 <= args.overlap < args.tile:
@@ -94,108 +79,43 @@ def check_args(parser, args) -> None:
         parser.error(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
 
 
-def build_predictor(args):
-    """Returns (image -> list[Detection], metadata of the model's classes)."""
-    cfg = get_project_cfg(args.config_file, args.opts)
-    cfg.MODEL.WEIGHTS = args.weights
-    cfg.MODEL.DEVICE = args.device
-    if args.score_thresh is not None:
-        set_test_score_threshold(cfg, args.score_thresh)
-    cfg.freeze()
-    predictor = DefaultPredictor(cfg)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
-    if args.tile:
-        return TiledPredictor(predictor, args.tile, args.overlap, args.merge_ios), metadata
-    return lambda image: detections_from_instances(
-        predictor(image)["instances"].to("cpu")
-    ), metadata
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
+    cfg = get_project_cfg(args.config_file, args.opts)
+    cfg.MODEL.WEIGHTS = args.weights
+    cfg.MODEL.DEVICE = args.device
+    if args.score_thresh is not None:
+        try:
+            set_test_score_threshold(cfg, args.score_thresh)
+        except KeyError as e:
+            parser.error(f"--score-thresh: {e.args[0]}")
+    cfg.freeze()
     files, skipped = collect_inputs(args.input)
     for problem in skipped:
         print(f"skipped {problem.source}: {problem.reason}", file=sys.stderr)
     if not files:
         print("error: no image or video to predict", file=sys.stderr)
         return 2
-    predict, metadata = build_predictor(args)
-    os.makedirs(args.output, exist_ok=True)
 
-    images, all_results, particle_tables, used_names = [], [], [], set()
-    for path in tqdm(files, desc="predicting", unit="file"):
-        for item in read_frames(path, used_names, args.every_nth_frame):
-            if isinstance(item, Unreadable):
-                tqdm.write(f"skipped {item.source}: {item.reason}", file=sys.stderr)
-                skipped.append(item)
-                continue
-            height, width = item.image.shape[:2]
-            image_id = len(images) + 1
-            start = time.perf_counter()
-            detections = predict(item.image)
-            seconds = time.perf_counter() - start
-            results = [d.to_coco_result(image_id, height, width) for d in detections]
-            atomic_write_json(os.path.join(args.output, f"{item.name}.json"), results)
-            picture = draw_detections(item.image, detections, metadata)
-            atomic_write_image(os.path.join(args.output, f"{item.name}.png"), picture)
-            all_results.extend(results)
-            images.append(
-                {
-                    "id": image_id,
-                    "name": item.name,
-                    "source": item.source,
-                    "frame_index": item.frame_index,
-                    "height": height,
-                    "width": width,
-                    "instances": len(results),
-                    "seconds": round(seconds, 4),
-                }
-            )
-            if args.psd:
-                table = measure_instances(
-                    detections,
-                    (height, width),
-                    args.mm_per_px,
-                    image_id=image_id,
-                    scores=[d.score for d in detections],
-                )
-                write_psd_report(
-                    table,
-                    os.path.join(args.output, "psd", item.name),
-                    measure=args.size_measure,
-                    edge_mode=args.edge_mode,
-                    title=item.name,
-                )
-                particle_tables.append(table)
-
-    if args.psd and images:
-        write_psd_report(
-            ParticleTable.concatenate(particle_tables, args.mm_per_px),
-            os.path.join(args.output, "psd", "all"),
-            measure=args.size_measure,
-            edge_mode=args.edge_mode,
-            title=f"all {len(images)} image(s)",
-        )
-    atomic_write_json(os.path.join(args.output, "results.json"), all_results)
-    summary = {
+    predict, metadata = build_predictor(cfg, args.tile, args.overlap, args.merge_ios)
+    psd = PsdOptions(args.mm_per_px, args.size_measure, args.edge_mode) if args.psd else None
+    settings = {
         "config_file": args.config_file,
         "weights": args.weights,
         "device": args.device,
         "tile": args.tile,
         "overlap": args.overlap if args.tile else None,
-        "images_predicted": len(images),
-        "instances": len(all_results),
-        "skipped": [{"source": s.source, "reason": s.reason} for s in skipped],
-        "images": images,
     }
-    atomic_write_json(os.path.join(args.output, "summary.json"), summary, indent=2)
-    print(
-        f"{len(images)} image(s) predicted, {len(all_results)} instances, {len(skipped)} input(s) "
-        f"skipped; written to {args.output}"
+    summary = predict_to_folder(
+        predict, metadata, files, skipped, args.output, args.every_nth_frame, psd, settings
     )
-    return 1 if skipped else 0
+    print(
+        f"{summary['images_predicted']} image(s) predicted, {summary['instances']} instances, "
+        f"{len(summary['skipped'])} input(s) skipped; written to {args.output}"
+    )
+    return 1 if summary["skipped"] else 0
 
 
 if __name__ == "__main__":

@@ -5,8 +5,13 @@ import os
 
 import cv2
 import pytest
+import torch
+from detectron2.modeling import build_model
 
+from segtools.batch_norm import calibrate_batch_norms
+from segtools.config import get_project_cfg
 from segtools.data.synthetic_ore import render_synthetic_ore_image
+from segtools.projects import inference_keys, registered_projects
 
 from helpers import REPO_ROOT, load_script, save_random_losnet
 
@@ -158,3 +163,41 @@ def test_empty_folder_and_bad_arguments(weights, tmp_path, capsys):
         run("--config-file", CONFIG, "--weights", tmp_path / "absent.pth", "--input", tmp_path,
             "--output", tmp_path / "o3")  # fmt: skip
     assert "absent.pth" in capsys.readouterr().err
+
+
+def test_score_threshold_of_an_unregistered_meta_architecture_is_refused(weights, tmp_path, capsys):
+    config = tmp_path / "semantic.yaml"
+    config.write_text(f'_BASE_: "{CONFIG}"\nMODEL:\n  META_ARCHITECTURE: "SemanticSegmentor"\n')
+    with pytest.raises(SystemExit):
+        run("--config-file", config, "--weights", weights, "--input", tmp_path,
+            "--output", tmp_path / "out", "--score-thresh", "0.3")  # fmt: skip
+    error = capsys.readouterr().err
+    assert "--score-thresh" in error and "'SemanticSegmentor'" in error
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("project", registered_projects(), ids=lambda p: p.name)
+def test_score_threshold_applies_to_every_registered_model(project, inputs, tmp_path):
+    config = str(REPO_ROOT / project.smoke_config)
+    cfg = get_project_cfg(config, [*project.smoke_opts, "MODEL.DEVICE", "cpu"])
+    detections_key = inference_keys(cfg.MODEL.META_ARCHITECTURE).detections_per_image
+    opts = [*project.smoke_opts, detections_key, "20", *OPTS[2:]]
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    # Random weights with BatchNorm statistics of a real image, so that boxes stay on it.
+    image = torch.as_tensor(cv2.imread(str(inputs / "a.png")).transpose(2, 0, 1)).float()
+    calibrate_batch_norms(model, [{"image": image}])
+    weights = str(tmp_path / "weights.pth")
+    torch.save({"model": model.state_dict()}, weights)
+
+    def scores(threshold):
+        out = tmp_path / f"out_{threshold}"
+        run("--config-file", config, "--weights", weights, "--input", inputs / "a.png",
+            "--output", out, "--score-thresh", threshold, *opts)  # fmt: skip
+        with open(out / "results.json") as f:
+            return sorted(r["score"] for r in json.load(f))
+
+    every = scores(0.0)
+    assert len(every) >= 2
+    threshold = (every[0] + every[-1]) / 2
+    assert scores(threshold) == [s for s in every if s >= threshold] != every
