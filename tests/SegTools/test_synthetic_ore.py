@@ -15,6 +15,8 @@ from segtools.data.synthetic_ore import (
     DENSITY_LEVELS,
     LIGHTING_LEVELS,
     MIN_VISIBLE_AREA,
+    StaleSyntheticOreError,
+    ensure_synthetic_ore,
     generate_synthetic_ore,
     render_synthetic_ore_image,
 )
@@ -264,3 +266,44 @@ def test_cli(tmp_path, capsys):
         )
     assert exit_info.value.code == 2
     assert "32" in capsys.readouterr().err
+
+
+def _rewrite_info(json_path, **changes):
+    with open(json_path) as f:
+        coco = json.load(f)
+    coco["info"].update(changes)
+    with open(json_path, "w") as f:
+        json.dump(coco, f)
+
+
+def test_cached_set_is_reused_only_if_its_version_and_arguments_match(tmp_path, caplog):
+    folder = str(tmp_path / "cache")
+    json_path = ensure_synthetic_ore(folder, 2, seed=4, size=(64, 64))
+    with open(json_path) as f:
+        fresh = json.load(f)
+    mtime = os.path.getmtime(json_path)
+    assert ensure_synthetic_ore(folder, 2, seed=4, size=(64, 64)) == json_path
+    assert os.path.getmtime(json_path) == mtime  # reused as it is
+
+    # A set written by another generator version is regenerated, with a message.
+    _rewrite_info(json_path, format_version=0)
+    with caplog.at_level("WARNING"):
+        ensure_synthetic_ore(folder, 2, seed=4, size=(64, 64))
+    assert "Regenerating the synthetic ore set in " + folder in caplog.text
+    assert "'format_version': 0" in caplog.text
+    with open(json_path) as f:
+        assert json.load(f) == fresh
+    # So is a set of other arguments (here: one image more).
+    ensure_synthetic_ore(folder, 3, seed=4, size=(64, 64))
+    with open(json_path) as f:
+        assert len(json.load(f)["images"]) == 3
+    assert sorted(os.listdir(tmp_path)) == ["cache"]  # no stale copy left behind
+
+
+def test_folder_not_written_by_the_generator_is_refused_untouched(tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "annotations.json").write_text('{"images": [], "annotations": []}')
+    with pytest.raises(StaleSyntheticOreError, match=f"{folder} should hold the synthetic ore"):
+        ensure_synthetic_ore(str(folder), 2, seed=4, size=(64, 64))
+    assert os.listdir(folder) == ["annotations.json"]
