@@ -1,48 +1,240 @@
-"""Tiled inference: each particle once, cut particles whole, one window equals no tiling."""
+"""
+Tiled inference: each particle once and whole, no pixel in two particles when windows disagree,
+a particle missed by one window kept, one window equals no tiling.
+
+Scenes are label images: pixel (R, G) encodes the particle id R + 256 G (0 = background), so a
+perfect "model" sees exactly the visible part of every particle in each window. Particles are
+discs, rings, C, U, comb and cross shapes and 1-pixel diagonal lines (8-connected only), from one
+pixel to twice the tile across, centred anywhere, near window and core corners and image borders.
+"""
 
 import numpy as np
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
+from scipy import ndimage
 
 from segtools.data.tiling import tile_windows
 from segtools.inference import TiledPredictor, detections_from_instances, window_cores
 
+SHAPES = ("disc", "ring", "c_shape", "u_shape", "comb", "cross", "diagonal_line")
+EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
-def label_image(height, width, objects):
-    """An image whose pixels encode object ids (id = R + 256 G; 0 = background)."""
+
+def _shape(kind, dx, dy, radius):
+    """Boolean mask of `kind` from the pixel centres' offsets (dx, dy) to its centre."""
+    disc = dx**2 + dy**2 <= radius**2
+    bar = max(1.0, radius / 4)  # half width of slots and arms
+    if kind == "disc":
+        return disc
+    if kind == "ring":
+        return disc & (dx**2 + dy**2 > (radius / 2) ** 2)
+    if kind == "c_shape":
+        return disc & ~((dx > 0) & (np.abs(dy) < bar))
+    if kind == "u_shape":
+        return disc & ~((dy > 0) & (np.abs(dx) < bar))
+    if kind == "comb":  # a bar on top, teeth 2 px wide every 4 px below it
+        square = (np.abs(dx) <= radius) & (np.abs(dy) <= radius)
+        return square & ((dy < -radius / 2) | (np.floor(dx) % 4 < 2))
+    if kind == "cross":
+        arm_x = (np.abs(dx) <= radius) & (np.abs(dy) <= bar)
+        return arm_x | ((np.abs(dy) <= radius) & (np.abs(dx) <= bar))
+    if kind == "diagonal_line":
+        return (np.round(dx) == np.round(dy)) & (np.abs(dx) <= radius)
+    raise ValueError(kind)
+
+
+def largest_part(mask):
+    """The largest 8-connected part of a (H, W) mask (empty if the mask is)."""
+    parts, count = ndimage.label(mask, structure=EIGHT_NEIGHBOURS)
+    if count == 0:
+        return mask
+    sizes = np.bincount(parts.ravel())[1:]
+    return parts == 1 + int(np.argmax(sizes))
+
+
+def shape_mask(kind, size, centre, height, width):
+    """
+    (height, width) mask of one particle `size` pixels across centred at `centre` (x, y), in
+    pixels: the largest 8-connected part of the shape inside the image, at least one pixel.
+    """
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    mask = largest_part(_shape(kind, xs - centre[0], ys - centre[1], size / 2))
+    if not mask.any():
+        x = int(np.clip(np.floor(centre[0]), 0, width - 1))
+        y = int(np.clip(np.floor(centre[1]), 0, height - 1))
+        mask[y, x] = True
+    return mask
+
+
+def adversarial_centre(rng, height, width, tile, overlap):
+    """
+    (x, y): anywhere, or within 3 px of a crossing of window edges and core cuts (window and core
+    corners among them), or of an image border.
+    """
+    windows = tile_windows(width, height, tile, overlap)
+    where = rng.integers(3)
+    if where == 0:
+        return rng.uniform(0, width), rng.uniform(0, height)
+    if where == 1:
+        lines = np.concatenate([np.array(windows, dtype=float), window_cores(windows)], axis=1)
+        xs, ys = lines[:, 0::2].ravel(), lines[:, 1::2].ravel()
+        x, y = rng.choice(xs[np.isfinite(xs)]), rng.choice(ys[np.isfinite(ys)])
+    elif rng.integers(2):
+        x, y = rng.choice([0, width]), rng.uniform(0, height)
+    else:
+        x, y = rng.uniform(0, width), rng.choice([0, height])
+    return x + rng.uniform(-3, 3), y + rng.uniform(-3, 3)
+
+
+def grid_setting(rng):
+    """(height, width, tile, overlap): tile 6-48, overlap >= 1, 2 to 5 windows along each axis."""
+    tile = int(rng.integers(6, 49))
+    overlap = int(rng.integers(1, tile))
+    stride = tile - overlap
+    height = tile + int(rng.integers(1, 4 * stride + 1))
+    width = tile + int(rng.integers(1, 4 * stride + 1))
+    return height, width, tile, overlap
+
+
+def single_particle_case(seed):
+    """(labels (H, W) int64, tile, overlap): one particle of 1 to 2 * tile pixels across."""
+    rng = np.random.default_rng(seed)
+    height, width, tile, overlap = grid_setting(rng)
+    kind = SHAPES[rng.integers(len(SHAPES))]
+    size = rng.uniform(1, 2 * tile)
+    centre = adversarial_centre(rng, height, width, tile, overlap)
+    return shape_mask(kind, size, centre, height, width).astype(np.int64), tile, overlap
+
+
+def touching_scene(rng, height, width, tile, overlap, count):
+    """(H, W) int64 labels of up to `count` particles, each cut out of the free pixels."""
     labels = np.zeros((height, width), dtype=np.int64)
-    for object_id, (x0, y0, x1, y1) in enumerate(objects, start=1):
-        labels[y0:y1, x0:x1] = object_id
-    image = np.zeros((height, width, 3), dtype=np.uint8)
+    for _ in range(count):
+        kind = SHAPES[rng.integers(len(SHAPES))]
+        size = rng.uniform(1, 2 * tile)
+        centre = adversarial_centre(rng, height, width, tile, overlap)
+        mask = largest_part(shape_mask(kind, size, centre, height, width) & (labels == 0))
+        labels[mask] = labels.max() + 1
+    return labels
+
+
+def dense_scene_case(seed):
+    """(labels, tile, overlap): up to 12 particles that touch each other."""
+    rng = np.random.default_rng(seed)
+    height, width, tile, overlap = grid_setting(rng)
+    return touching_scene(rng, height, width, tile, overlap, count=12), tile, overlap
+
+
+def encode(labels):
+    """The (H, W, 3) uint8 image of a label image (id = R + 256 G)."""
+    image = np.zeros((*labels.shape, 3), dtype=np.uint8)
     image[..., 0] = labels % 256
     image[..., 1] = labels // 256
-    return image, labels
+    return image
 
 
-def oracle_predictor(crop):
-    """A perfect 'model': one instance per object id visible in the crop."""
-    labels = crop[..., 0].astype(np.int64) + 256 * crop[..., 1].astype(np.int64)
-    ids = [i for i in np.unique(labels) if i > 0]
-    masks = torch.as_tensor(
-        np.array([labels == i for i in ids], dtype=bool).reshape(-1, *labels.shape)
-    )
-    boxes = []
-    for mask in masks.numpy():
-        rows, columns = np.nonzero(mask)
-        boxes.append([columns.min(), rows.min(), columns.max() + 1, rows.max() + 1])
+def decode(crop):
+    return crop[..., 0].astype(np.int64) + 256 * crop[..., 1].astype(np.int64)
+
+
+def instances_of(masks, scores, shape, boxes=None):
+    """{"instances": Instances} of (h, w) = `shape` masks, boxes defaulting to their tight boxes."""
+    if boxes is None:
+        boxes = []
+        for mask in masks:
+            rows, columns = np.nonzero(mask)
+            boxes.append([columns.min(), rows.min(), columns.max() + 1, rows.max() + 1])
     instances = Instances(
-        labels.shape,
-        pred_masks=masks,
+        shape,
+        pred_masks=torch.as_tensor(np.array(masks, dtype=bool).reshape(-1, *shape)),
         pred_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)),
-        scores=torch.tensor([0.5 + i / 1000 for i in ids], dtype=torch.float32),
-        pred_classes=torch.zeros(len(ids), dtype=torch.long),
+        scores=torch.tensor(scores, dtype=torch.float32),
+        pred_classes=torch.zeros(len(masks), dtype=torch.long),
     )
     return {"instances": instances}
 
 
-def full_masks(detections, height, width):
-    return sorted((d.full_mask(height, width) for d in detections), key=lambda m: m.tobytes())
+def particle_score(particle_id):
+    return 0.5 + (particle_id % 1000) / 2000
+
+
+def oracle_predictor(crop):
+    """A perfect model: one instance per particle id visible in the crop."""
+    labels = decode(crop)
+    ids = [int(i) for i in np.unique(labels) if i > 0]
+    return instances_of([labels == i for i in ids], [particle_score(i) for i in ids], labels.shape)
+
+
+class WindowRecorder:
+    """A predictor that records, per call (window, in row-major order), the masks it returned."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+        self.window_masks = []
+
+    def __call__(self, crop):
+        labels = decode(crop)
+        masks = self.masks(labels)
+        self.window_masks.append(masks)
+        scores = [particle_score(int(labels[m].max())) for m in masks]
+        return instances_of(masks, scores, labels.shape)
+
+
+class BlobPredictor(WindowRecorder):
+    """
+    Each 8-connected group of particles in a window is seen, at random, as one blob or as its
+    particles' parts in the group (a particle whose visible part is split is seen as pieces).
+    """
+
+    def masks(self, labels):
+        groups, count = ndimage.label(labels > 0, structure=EIGHT_NEIGHBOURS)
+        masks = []
+        for group in range(1, count + 1):
+            blob = groups == group
+            members = np.unique(labels[blob])
+            if len(members) > 1 and self.rng.random() < 0.5:
+                masks.append(blob)
+            else:
+                masks.extend(blob & (labels == i) for i in members)
+        return masks
+
+
+class MissingPredictor(WindowRecorder):
+    """Perfect, but each window misses each particle it sees with probability 1/2."""
+
+    def masks(self, labels):
+        ids = [i for i in np.unique(labels) if i > 0]
+        return [labels == i for i in ids if self.rng.random() < 0.5]
+
+
+def assert_exact(detections, labels):
+    """One detection per particle id of `labels`, its mask equal to that particle's."""
+    height, width = labels.shape
+    ids = []
+    for detection in detections:
+        mask = detection.full_mask(height, width)
+        found = np.unique(labels[mask])
+        assert len(found) == 1 and found[0] > 0, f"mask covers particles {found.tolist()}"
+        np.testing.assert_array_equal(mask, labels == found[0])
+        ids.append(int(found[0]))
+    assert sorted(ids) == list(range(1, labels.max() + 1))
+
+
+def coverage(detections, height, width):
+    """(H, W) count of the detections covering each pixel."""
+    covered = np.zeros((height, width), dtype=np.int64)
+    for detection in detections:
+        x0, y0, x1, y1 = detection.mask_box
+        covered[y0:y1, x0:x1] += detection.mask
+    return covered
+
+
+def pixel_cores(windows):
+    """Per window, (x0, y0, x1, y1): the pixels whose centres lie in its core (end-exclusive)."""
+    return [
+        tuple(int(np.floor(np.clip(c, 0, 10**6))) for c in core) for core in window_cores(windows)
+    ]
 
 
 def test_window_cores_partition_the_image():
@@ -60,49 +252,176 @@ def test_window_cores_partition_the_image():
 
 
 def test_particle_cut_by_a_window_border_is_reported_once_and_whole():
-    # Windows at x = 0-64 and 48-112 (tile 64, overlap 16): the particle spans the first border.
-    objects = [(56, 20, 68, 30), (5, 5, 20, 20), (90, 40, 110, 60)]
-    image, labels = label_image(70, 112, objects)
-    detections = TiledPredictor(oracle_predictor, tile=64, overlap=16)(image)
-    assert len(detections) == 3
-    expected = sorted((labels == i for i in (1, 2, 3)), key=lambda m: m.tobytes())
-    for got, want in zip(full_masks(detections, 70, 112), expected, strict=True):
-        np.testing.assert_array_equal(got, want)
+    # Windows at x = 0-64 and 48-112 (tile 64, overlap 16): the first particle spans the first
+    # border.
+    labels = np.zeros((70, 112), dtype=np.int64)
+    for particle_id, (x0, y0, x1, y1) in enumerate(
+        [(56, 20, 68, 30), (5, 5, 20, 20), (90, 40, 110, 60)], start=1
+    ):
+        labels[y0:y1, x0:x1] = particle_id
+    assert_exact(TiledPredictor(oracle_predictor, tile=64, overlap=16)(encode(labels)), labels)
 
 
-def test_dense_scene_counts_each_particle_once():
-    rng = np.random.default_rng(0)
-    objects = []
-    for y in range(2, 290, 19):
-        for x in range(2, 390, 19):
-            w, h = rng.integers(6, 17, size=2)
-            objects.append((x, y, x + int(w), y + int(h)))
-    image, labels = label_image(300, 400, objects)
-    detections = TiledPredictor(oracle_predictor, tile=96, overlap=32)(image)
-    assert len(detections) == len(objects)
-    got = {tuple(np.flatnonzero(d.full_mask(300, 400))[:1]) for d in detections}
-    assert len(got) == len(objects)  # all different particles
+def test_disc_larger_than_a_window_is_one_particle():
+    # The review's case: 86 px across on a 4 x 4 grid of 64 px windows overlapping by 16.
+    ys, xs = np.mgrid[0:176, 0:176] + 0.5
+    labels = ((xs - 88) ** 2 + (ys - 88) ** 2 <= 43**2).astype(np.int64)
+    assert_exact(TiledPredictor(oracle_predictor, tile=64, overlap=16)(encode(labels)), labels)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_perfect_model_gives_each_single_particle_exactly(seed):
+    labels, tile, overlap = single_particle_case(seed)
+    assert_exact(TiledPredictor(oracle_predictor, tile, overlap)(encode(labels)), labels)
+
+
+@pytest.mark.parametrize("seed", range(80))
+def test_perfect_model_gives_each_touching_particle_exactly(seed):
+    labels, tile, overlap = dense_scene_case(seed)
+    assert_exact(TiledPredictor(oracle_predictor, tile, overlap)(encode(labels)), labels)
+
+
+@pytest.mark.parametrize("seed", range(80))
+def test_windows_that_see_touching_particles_as_one_blob_count_no_pixel_twice(seed):
+    labels, tile, overlap = dense_scene_case(seed)
+    height, width = labels.shape
+    predictor = BlobPredictor(seed)
+    detections = TiledPredictor(predictor, tile, overlap)(encode(labels))
+    # Every particle pixel is in exactly one detection, none outside the particles.
+    np.testing.assert_array_equal(coverage(detections, height, width), labels > 0)
+    groups, group_count = ndimage.label(labels > 0, structure=EIGHT_NEIGHBOURS)
+    assert len(detections) >= group_count
+    windows = tile_windows(width, height, tile, overlap)
     for detection in detections:
-        object_id = labels[detection.mask_origin[1], detection.mask_origin[0]]
-        np.testing.assert_array_equal(detection.full_mask(300, 400), labels == object_id)
+        mask = detection.full_mask(height, width)
+        assert len(np.unique(groups[mask])) == 1  # never joins particles that do not touch
+        # Within each window's core, a detection is (part of) one view of that window.
+        for (x0, y0, x1, y1), (wx0, wy0, *_), masks in zip(
+            pixel_cores(windows), windows, predictor.window_masks, strict=True
+        ):
+            part = mask[y0:y1, x0:x1]
+            views = [m[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0] for m in masks]
+            assert sum(bool((part & view).any()) for view in views) <= 1
 
 
-def test_particle_larger_than_the_overlap_is_still_counted_once():
-    # 60 px wide with a 16 px overlap: cut in every window that sees it.
-    image, _ = label_image(64, 160, [(30, 10, 90, 50)])
-    detections = TiledPredictor(oracle_predictor, tile=64, overlap=16)(image)
-    assert len(detections) == 1
+@pytest.mark.parametrize("seed", range(60))
+def test_windows_that_miss_particles_lose_no_pixel_another_window_saw(seed):
+    labels, tile, overlap = dense_scene_case(seed)
+    height, width = labels.shape
+    predictor = MissingPredictor(seed)
+    detections = TiledPredictor(predictor, tile, overlap)(encode(labels))
+    seen = np.zeros((height, width), dtype=bool)
+    windows = tile_windows(width, height, tile, overlap)
+    for (x0, y0, x1, y1), masks in zip(windows, predictor.window_masks, strict=True):
+        for mask in masks:
+            seen[y0:y1, x0:x1] |= mask
+    np.testing.assert_array_equal(coverage(detections, height, width), seen)
+    for detection in detections:
+        assert len(np.unique(labels[detection.full_mask(height, width)])) == 1
+
+
+@pytest.mark.parametrize("x0, x1", [(36, 56), (34, 46)])
+def test_particle_missed_by_the_window_that_owns_it_is_kept_whole(x0, x1):
+    # Windows x = 0-64 and 32-96 (cores split at x = 48); the particle lies across the cut or in
+    # the first core only, but only the second window reports it.
+    labels = np.zeros((40, 96), dtype=np.int64)
+    labels[10:30, x0:x1] = 1
+
+    class SecondWindowOnly:
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, crop):
+            self.calls += 1
+            if self.calls == 1:
+                return instances_of([], [], crop.shape[:2])
+            return instances_of([decode(crop) == 1], [0.9], crop.shape[:2])
+
+    assert_exact(TiledPredictor(SecondWindowOnly(), tile=64, overlap=32)(encode(labels)), labels)
+
+
+def test_pixels_a_window_missed_are_filled_for_one_particle_only():
+    # Windows x = 0-64, 24-88 and 48-112 (cores split at x = 44 and 68). The middle window misses
+    # the particle (x = 40-60); the first sees it exactly (score 0.7), the last (0.9) one row too
+    # tall, so with merge_iou 1 the two views are not linked. Both would fill the middle core;
+    # the better-scored view takes what it sees there, the other the rest.
+    labels = np.zeros((40, 112), dtype=np.int64)
+    labels[10:30, 40:60] = 1
+
+    class MiddleMisses:
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, crop):
+            self.calls += 1
+            particle = decode(crop) == 1
+            if self.calls == 2:
+                return instances_of([], [], particle.shape)
+            if self.calls == 3:
+                particle[10:31, :12] = True  # image x = 48-60
+            return instances_of([particle], [0.7 if self.calls == 1 else 0.9], particle.shape)
+
+    detections = TiledPredictor(MiddleMisses(), 64, 40, merge_iou=1.0)(encode(labels))
+    first, last = (np.zeros((40, 112), dtype=bool) for _ in range(2))
+    first[10:30, 40:48] = True
+    last[10:31, 48:60] = True
+    assert [d.score for d in detections] == pytest.approx([0.7, 0.9])
+    np.testing.assert_array_equal(detections[0].full_mask(40, 112), first)
+    np.testing.assert_array_equal(detections[1].full_mask(40, 112), last)
+
+
+def test_views_of_one_window_are_never_merged_with_each_other():
+    # Windows x = 0-64 and 24-88 (tile 64, overlap 40; cores split at x = 44). The first window
+    # sees a large particle and a small one touching it, the second sees both as one blob. With
+    # merge_iou 0.25 the blob agrees with both views of the first window (IoU 650 / 910 and
+    # 260 / 910), but only the better link is taken.
+    labels = np.zeros((40, 88), dtype=np.int64)
+    labels[5:30, 30:56] = 1
+    labels[30:40, 30:56] = 2
+    blob = labels > 0
+
+    class FirstApartSecondBlob:
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, crop):
+            self.calls += 1
+            crop_labels = decode(crop)
+            if self.calls == 1:
+                masks = [crop_labels == 1, crop_labels == 2]
+                return instances_of(masks, [0.9, 0.8], crop_labels.shape)
+            return instances_of([crop_labels > 0], [0.7], crop_labels.shape)
+
+    detections = TiledPredictor(FirstApartSecondBlob(), 64, 40, merge_iou=0.25)(encode(labels))
+    first_core = np.zeros_like(blob)
+    first_core[:, :44] = True
+    expected = [((labels == 1) & first_core) | (blob & ~first_core), (labels == 2) & first_core]
+    assert len(detections) == 2
+    for detection, want in zip(sorted(detections, key=lambda d: -d.score), expected, strict=True):
+        np.testing.assert_array_equal(detection.full_mask(40, 88), want)
 
 
 def test_image_that_fits_one_window_equals_untiled_inference():
-    image, _ = label_image(60, 80, [(5, 5, 30, 30), (20, 20, 50, 40), (60, 2, 78, 58)])
-    tiled = TiledPredictor(oracle_predictor, tile=96, overlap=16)(image)
-    untiled = detections_from_instances(oracle_predictor(image)["instances"])
+    # A model's own output: masks that overlap, boxes larger than the masks, unsorted scores.
+    def model(crop):
+        masks = np.zeros((3, *crop.shape[:2]), dtype=bool)
+        masks[0, 5:30, 5:30] = True
+        masks[1, 20:40, 20:50] = True
+        masks[2, 2:58, 60:78] = True
+        boxes = [[4.5, 4.0, 31.0, 30.5], [19.0, 18.0, 52.0, 41.0], [59.5, 1.0, 79.0, 58.0]]
+        return instances_of(list(masks), [0.6, 0.9, 0.7], crop.shape[:2], boxes)
+
+    image = np.zeros((60, 80, 3), dtype=np.uint8)
+    tiled = TiledPredictor(model, tile=96, overlap=16)(image)
+    untiled = detections_from_instances(model(image)["instances"])
     assert len(tiled) == len(untiled) == 3
-    for a, b in zip(
-        sorted(tiled, key=lambda d: d.score), sorted(untiled, key=lambda d: d.score), strict=True
-    ):
-        assert a.score == b.score and a.box == b.box and a.mask_origin == b.mask_origin
+    for a, b in zip(tiled, untiled, strict=True):
+        assert (a.score, a.category_id, a.box, a.mask_origin) == (
+            b.score,
+            b.category_id,
+            b.box,
+            b.mask_origin,
+        )
         np.testing.assert_array_equal(a.mask, b.mask)
 
 
@@ -110,27 +429,17 @@ def test_overlapping_particles_in_one_window_are_not_merged():
     # Two instances of one window overlapping heavily stay two: only views from different
     # windows are merged.
     def twin_predictor(crop):
-        mask = torch.zeros((2, *crop.shape[:2]), dtype=torch.bool)
-        mask[0, 5:25, 5:25] = True
-        mask[1, 8:25, 8:25] = True
-        return {
-            "instances": Instances(
-                crop.shape[:2],
-                pred_masks=mask,
-                pred_boxes=Boxes(torch.tensor([[5.0, 5, 25, 25], [8, 8, 25, 25]])),
-                scores=torch.tensor([0.9, 0.8]),
-                pred_classes=torch.zeros(2, dtype=torch.long),
-            )
-        }
+        masks = np.zeros((2, *crop.shape[:2]), dtype=bool)
+        masks[0, 5:25, 5:25] = True
+        masks[1, 8:25, 8:25] = True
+        return instances_of(list(masks), [0.9, 0.8], crop.shape[:2])
 
-    assert (
-        len(TiledPredictor(twin_predictor, tile=64, overlap=16)(np.zeros((40, 40, 3), np.uint8)))
-        == 2
-    )
+    tiled = TiledPredictor(twin_predictor, tile=64, overlap=16)(np.zeros((40, 40, 3), np.uint8))
+    assert len(tiled) == 2
 
 
 def test_invalid_settings_are_named():
     with pytest.raises(ValueError, match="overlap=64"):
         TiledPredictor(oracle_predictor, tile=64, overlap=64)
-    with pytest.raises(ValueError, match="merge_ios"):
-        TiledPredictor(oracle_predictor, tile=64, overlap=16, merge_ios=0)
+    with pytest.raises(ValueError, match="merge_iou"):
+        TiledPredictor(oracle_predictor, tile=64, overlap=16, merge_iou=0)

@@ -4,36 +4,43 @@ Sliding-window inference for photos larger than the tiles a model was trained on
 Detectron2 pastes every mask at full image resolution, which does not fit in memory for a
 4000 x 3000 belt photo with hundreds of particles, and LosNet is trained on tiles. The photo is cut
 into the same overlapping windows as the training tiles (:func:`tile_windows`); each window is
-predicted, its detections are moved to image coordinates, and each particle is counted once:
+predicted and its detections, the *views*, are moved to image coordinates. :func:`stitch_views`
+then makes each particle one detection:
 
-1. Each window owns a *core*: the windows' overlaps are split at their middle, so the cores
-   partition the photo. A detection is *owned* if its mask centroid lies in its window's core,
-   and *complete* if its mask does not touch an inner edge of its window (an edge that is not the
-   photo border).
-2. Owned, complete detections are kept. A particle whose farthest pixel lies within half the
-   overlap of its centroid is complete in the window that owns it, so overlaps at least as large
-   as the particles make this rule exact.
-3. Remaining duplicates between windows (two views of a particle near a core boundary whose
-   centroids fall in different cores) are merged when their masks' intersection over the smaller
-   area exceeds `merge_ios`: the union of the masks, the higher score.
-4. Larger particles, cut in the window that owns them, are recovered from the other views: a
-   complete view in a window that does not own it, when it does not overlap a particle already
-   kept (intersection over smaller > `merge_ios`); else the cut pieces owned by each window are
-   stitched: two pieces are one particle when their masks agree where both windows see the image
-   (IoU in the windows' shared region > `merge_ios`), and the union of the pieces is kept.
+1. Link. Two views of different windows are linked when they agree where both windows see the
+   photo: the IoU of their masks within the intersection of the two windows is at least
+   `merge_iou`. Links are taken by decreasing IoU; one that would join two views of the same
+   window into one particle is skipped, so detections of one window are never merged.
+2. Group. The connected components of the links (union-find) are the particles.
+3. Own. Each window owns a *core*: the windows' overlaps are split at their middle, so the cores
+   partition the photo (:func:`window_cores`). Within the core of a window that has a view of the
+   particle, the particle's mask is that view's mask.
+4. Fill. Within the core of a window that has no view of the particle (the model missed it
+   there), the particle takes the pixels of its views that no view of that window covers and no
+   other particle has filled; particles are filled by decreasing score. A particle that only a
+   neighbouring window saw is thus kept whole.
+5. Score and class are the best-scored view's. If the particle's mask is exactly that view's mask
+   the view is returned as it is (with its predicted box), else the box is the mask's tight box.
+   A particle left with no pixel is dropped.
 
-Detections of one window are never merged with each other, so an image that fits in one window
-gives exactly the model's own output.
+With a perfect model (every view is exactly the visible part of one particle) and an overlap of
+at least one pixel this is exact: any two 8-adjacent pixels lie in a common window, so the views
+of a connected particle are linked through the pixels they share (IoU 1), views of different
+particles never are (IoU 0), and every pixel lies in the core of a window that sees it. If the
+views of each window are disjoint, so are the particles. An image that fits in one window gives
+exactly the model's own output. Views are only compared with views of overlapping windows whose
+boxes meet, and masks are kept over their boxes.
 """
 
 from collections.abc import Callable
 
 import numpy as np
 
+from ..data.coco_format import mask_box
 from ..data.tiling import tile_windows
-from .detections import Detection, detections_from_instances, intersection_over_smaller
+from .detections import Detection, detections_from_instances
 
-__all__ = ["TiledPredictor", "window_cores"]
+__all__ = ["TiledPredictor", "stitch_views", "window_cores"]
 
 
 def _core_bounds(spans: list) -> dict:
@@ -67,90 +74,202 @@ def window_cores(windows: list) -> list:
     ]
 
 
-def _touches_inner_edge(detection: Detection, window: tuple, width: int, height: int) -> bool:
-    x0, y0, x1, y1 = window
-    mx0, my0, mx1, my1 = detection.mask_box
+def _pixel_cores(windows: list) -> np.ndarray:
+    """
+    (N, 4) int64 array: per window, the box (x0, y0, x1, y1), end-exclusive, of the pixels whose
+    centres lie in its core.
+    """
+    cores = np.array(window_cores(windows), dtype=np.float64).reshape(-1, 4)
+    # The cuts are multiples of 1/2, so the centre x + 0.5 lies in [low, high) exactly when
+    # floor(low) <= x < floor(high); outer cores end at their window's edge.
+    finite = np.where(np.isfinite(cores), cores, np.array(windows, dtype=np.float64))
+    return np.floor(finite).astype(np.int64)
+
+
+def _meets(boxes: np.ndarray, box) -> np.ndarray:
+    """(N,) bool: which of the (N, 4) end-exclusive boxes share a pixel with `box`."""
     return (
-        (x0 > 0 and mx0 == x0)
-        or (y0 > 0 and my0 == y0)
-        or (x1 < width and mx1 == x1)
-        or (y1 < height and my1 == y1)
+        (boxes[:, 0] < box[2])
+        & (boxes[:, 2] > box[0])
+        & (boxes[:, 1] < box[3])
+        & (boxes[:, 3] > box[1])
     )
 
 
-def _agree_in_shared_region(a: Detection, window_a: tuple, b: Detection, window_b: tuple) -> float:
-    """IoU of two pieces' masks within the region both of their windows cover (0 if none)."""
-    x0, y0 = max(window_a[0], window_b[0]), max(window_a[1], window_b[1])
-    x1, y1 = min(window_a[2], window_b[2]), min(window_a[3], window_b[3])
-    if x0 >= x1 or y0 >= y1:
-        return 0.0
-
-    def crop(detection):
-        region = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-        mx0, my0, mx1, my1 = detection.mask_box
-        cx0, cy0, cx1, cy1 = max(mx0, x0), max(my0, y0), min(mx1, x1), min(my1, y1)
-        if cx0 < cx1 and cy0 < cy1:
-            region[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = detection.mask[
-                cy0 - my0 : cy1 - my0, cx0 - mx0 : cx1 - mx0
-            ]
-        return region
-
-    region_a, region_b = crop(a), crop(b)
-    union = np.count_nonzero(region_a | region_b)
-    return np.count_nonzero(region_a & region_b) / union if union else 0.0
+def _intersection(a, b):
+    """The common part of two end-exclusive boxes, or None if they share no pixel."""
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
 
 
-def _merge_into(kept: Detection, duplicate: Detection) -> Detection:
-    """The union of two views of one particle, with the better score and class."""
-    kx0, ky0, kx1, ky1 = kept.mask_box
-    dx0, dy0, dx1, dy1 = duplicate.mask_box
-    x0, y0, x1, y1 = min(kx0, dx0), min(ky0, dy0), max(kx1, dx1), max(ky1, dy1)
-    mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-    mask[ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0] |= kept.mask
-    mask[dy0 - y0 : dy1 - y0, dx0 - x0 : dx1 - x0] |= duplicate.mask
-    best = kept if kept.score >= duplicate.score else duplicate
-    box = (
-        min(kept.box[0], duplicate.box[0]),
-        min(kept.box[1], duplicate.box[1]),
-        max(kept.box[2], duplicate.box[2]),
-        max(kept.box[3], duplicate.box[3]),
+def _slices(box, origin) -> tuple:
+    """Index of `box` within an array whose [0, 0] is the image pixel `origin` (x, y)."""
+    x0, y0, x1, y1 = box
+    return slice(y0 - origin[1], y1 - origin[1]), slice(x0 - origin[0], x1 - origin[0])
+
+
+def _or_into(canvas: np.ndarray, canvas_box, mask: np.ndarray, box, within=None) -> None:
+    """canvas |= mask (over `box`), where they meet and inside the box `within` if given."""
+    part = _intersection(canvas_box, box)
+    if part is not None and within is not None:
+        part = _intersection(part, within)
+    if part is not None:
+        canvas[_slices(part, canvas_box)] |= mask[_slices(part, box)]
+
+
+class _Stitcher:
+    """
+    The views of all windows, flattened (view i is `views[i]` of window `window_of[i]`, its mask
+    box `view_boxes[i]`), and per window the pixels of its core filled so far (step 4).
+    """
+
+    def __init__(self, windows: list, views: list, merge_iou: float):
+        self.windows = np.array(windows, dtype=np.int64).reshape(-1, 4)
+        self.cores = _pixel_cores(windows)
+        self.core_boxes = [tuple(core) for core in self.cores.tolist()]
+        self.views = [view for window_views in views for view in window_views]
+        self.first_view = np.cumsum([0] + [len(v) for v in views]).tolist()  # per window, + end
+        self.window_of = [w for w, window_views in enumerate(views) for _ in window_views]
+        self.view_boxes = [view.mask_box for view in self.views]
+        self.boxes = np.array(self.view_boxes, dtype=np.int64).reshape(-1, 4)
+        self.merge_iou = merge_iou
+        self.fills = [[] for _ in windows]  # per window: (box, mask) pixels filled in its core
+
+    def views_meeting(self, window: int, box) -> list:
+        """Indices of the views of `window` whose mask boxes share a pixel with `box`."""
+        first, end = self.first_view[window], self.first_view[window + 1]
+        return (first + np.flatnonzero(_meets(self.boxes[first:end], box))).tolist()
+
+    def mask_part(self, view: int, box) -> np.ndarray:
+        """The mask of `view` over `box`, which lies within the view's mask box."""
+        return self.views[view].mask[_slices(box, self.view_boxes[view])]
+
+    def count_within(self, view: int, region) -> int:
+        """Pixels of `view` inside the box `region`."""
+        part = _intersection(self.view_boxes[view], region)
+        return 0 if part is None else int(np.count_nonzero(self.mask_part(view, part)))
+
+    def links(self) -> list:
+        """(IoU, view, view) of the views of overlapping windows that agree where both see."""
+        links = []
+        for first, window in enumerate(self.windows.tolist()):
+            later = np.flatnonzero(_meets(self.windows[first + 1 :], window))
+            for second in (first + 1 + later).tolist():
+                shared = _intersection(window, self.windows[second].tolist())
+                links += self._links_within(first, second, shared)
+        return links
+
+    def _links_within(self, first: int, second: int, shared) -> list:
+        """The links between views of windows `first` and `second`, which share the box `shared`."""
+        first_views = self.views_meeting(first, shared)
+        second_views = np.array(self.views_meeting(second, shared), dtype=np.int64)
+        counts = {v: self.count_within(v, shared) for v in (*first_views, *second_views.tolist())}
+        links = []
+        for a in first_views:
+            a_shared = _intersection(self.view_boxes[a], shared)
+            for b in second_views[_meets(self.boxes[second_views], a_shared)].tolist():
+                both = _intersection(a_shared, self.view_boxes[b])
+                common = np.count_nonzero(self.mask_part(a, both) & self.mask_part(b, both))
+                union = counts[a] + counts[b] - common
+                if union and common / union >= self.merge_iou:
+                    links.append((common / union, a, b))
+        return links
+
+    def particles(self) -> list:
+        """Lists of view indices, one per particle, in the order of their first views."""
+        parent = list(range(len(self.views)))
+        windows_in = [{w} for w in self.window_of]  # per root: the windows of its views
+
+        def root(view):
+            while parent[view] != view:
+                parent[view] = parent[parent[view]]
+                view = parent[view]
+            return view
+
+        for _, a, b in sorted(self.links(), key=lambda link: (-link[0], link[1], link[2])):
+            a, b = root(a), root(b)
+            if a == b or windows_in[a] & windows_in[b]:
+                continue
+            if len(windows_in[a]) < len(windows_in[b]):
+                a, b = b, a
+            parent[b] = a
+            windows_in[a] |= windows_in[b]
+        groups = {}
+        for view in range(len(self.views)):
+            groups.setdefault(root(view), []).append(view)
+        return list(groups.values())
+
+    def stitch(self, members: list):
+        """The Detection of the particle made of views `members`, or None if it has no pixel."""
+        member_boxes = self.boxes[members]
+        box = (*member_boxes[:, :2].min(axis=0).tolist(), *member_boxes[:, 2:].max(axis=0).tolist())
+        mask = np.zeros((box[3] - box[1], box[2] - box[0]), dtype=bool)
+        for view in members:
+            core = self.core_boxes[self.window_of[view]]
+            _or_into(mask, box, self.views[view].mask, self.view_boxes[view], within=core)
+        member_windows = {self.window_of[view] for view in members}
+        missed = set(np.flatnonzero(_meets(self.cores, box)).tolist()) - member_windows
+        if missed:
+            seen = np.zeros_like(mask)
+            for view in members:
+                _or_into(seen, box, self.views[view].mask, self.view_boxes[view])
+            for window in sorted(missed):
+                self._fill(mask, seen, box, window)
+        return self._detection(members, mask, box)
+
+    def _fill(self, mask: np.ndarray, seen: np.ndarray, box, window: int) -> None:
+        """Give the particle (mask and seen over `box`) the free seen pixels of a window's core."""
+        region = _intersection(self.core_boxes[window], box)
+        gap = seen[_slices(region, box)].copy()
+        if not gap.any():
+            return
+        taken = np.zeros_like(gap)
+        for view in self.views_meeting(window, region):
+            _or_into(taken, region, self.views[view].mask, self.view_boxes[view])
+        for fill_box, fill in self.fills[window]:
+            _or_into(taken, region, fill, fill_box)
+        gap &= ~taken
+        if gap.any():
+            mask[_slices(region, box)] |= gap
+            self.fills[window].append((region, gap))
+
+    def _detection(self, members: list, mask: np.ndarray, box):
+        """Score and class of the best view; that view itself if the mask is its mask."""
+        tight = mask_box(mask)
+        if tight is None:
+            return None
+        best = self.views[max(members, key=lambda view: self.views[view].score)]
+        x0, y0 = box[0] + tight[0], box[1] + tight[1]
+        mask = mask[tight[1] : tight[3], tight[0] : tight[2]]
+        if best.mask_origin == (x0, y0) and np.array_equal(best.mask, mask):
+            return best
+        height, width = mask.shape
+        tight_box = (float(x0), float(y0), float(x0 + width), float(y0 + height))
+        return Detection(best.score, best.category_id, tight_box, (x0, y0), mask)
+
+
+def stitch_views(windows: list, views: list, merge_iou: float = 0.5) -> list:
+    """
+    Make each particle seen in overlapping windows one detection (see the module docstring).
+
+    Args:
+        windows: (x0, y0, x1, y1) windows from :func:`tile_windows`, in image pixels.
+        views: per window, list[Detection] in image coordinates, each mask inside its window.
+        merge_iou: in (0, 1]; IoU of two views' masks within their windows' intersection from
+            which they are one particle.
+
+    Returns:
+        list[Detection], one per particle, in the order of the particles' first views.
+    """
+    stitcher = _Stitcher(windows, views, merge_iou)
+    particles = stitcher.particles()
+    # Fills go to the higher-scored particle first (step 4).
+    by_score = sorted(
+        range(len(particles)),
+        key=lambda k: -max(stitcher.views[view].score for view in particles[k]),
     )
-    return Detection(best.score, best.category_id, box, (x0, y0), mask)
-
-
-class _KeptParticles:
-    """The particles kept so far, with their mask boxes for overlap queries."""
-
-    def __init__(self):
-        self.detections = []
-        self.windows = []
-        self._boxes = np.zeros((0, 4))
-
-    def add(self, detection: Detection, window: int) -> None:
-        self.detections.append(detection)
-        self.windows.append(window)
-        self._boxes = np.vstack([self._boxes, detection.mask_box])
-
-    def replace(self, index: int, detection: Detection) -> None:
-        self.detections[index] = detection
-        self._boxes[index] = detection.mask_box
-
-    def duplicates_of(self, detection: Detection, merge_ios: float, window=None) -> list:
-        """
-        Indices of the kept particles that `detection` overlaps by more than `merge_ios`
-        (intersection over the smaller mask), leaving out those from `window` if given.
-        """
-        x0, y0, x1, y1 = detection.mask_box
-        boxes = self._boxes
-        candidates = np.flatnonzero(
-            (boxes[:, 0] < x1) & (boxes[:, 2] > x0) & (boxes[:, 1] < y1) & (boxes[:, 3] > y0)
-        )
-        return [
-            int(k)
-            for k in candidates
-            if (window is None or self.windows[k] != window)
-            and intersection_over_smaller(detection, self.detections[k]) > merge_ios
-        ]
+    stitched = {k: stitcher.stitch(particles[k]) for k in by_score}
+    return [stitched[k] for k in range(len(particles)) if stitched[k] is not None]
 
 
 class TiledPredictor:
@@ -159,23 +278,24 @@ class TiledPredictor:
     :class:`DefaultPredictor`), counting each particle once (see the module docstring).
     """
 
-    def __init__(self, predictor: Callable, tile: int, overlap: int, merge_ios: float = 0.5):
+    def __init__(self, predictor: Callable, tile: int, overlap: int, merge_iou: float = 0.5):
         """
         Args:
             predictor: called with a (h, w, 3) image as the predictor expects it (BGR for
                 DefaultPredictor); returns {"instances": Instances} with `pred_masks`.
             tile, overlap: window side and overlap of neighbouring windows, in pixels; use the
-                training tile size and an overlap at least as large as the biggest particle.
-            merge_ios: intersection over the smaller mask above which two detections from
-                different windows are one particle.
+                training tile size. Particles cut by a window border are stitched only if
+                overlap >= 1; a larger overlap gives the model more context at the borders.
+            merge_iou: IoU of two detections' masks within the intersection of their (different)
+                windows from which they are one particle.
         """
         tile_windows(tile, tile, tile, overlap)  # validates tile and overlap
-        if not 0 < merge_ios <= 1:
-            raise ValueError(f"merge_ios must be in (0, 1], got {merge_ios}")
+        if not 0 < merge_iou <= 1:
+            raise ValueError(f"merge_iou must be in (0, 1], got {merge_iou}")
         self.predictor = predictor
         self.tile = tile
         self.overlap = overlap
-        self.merge_ios = merge_ios
+        self.merge_iou = merge_iou
 
     def __call__(self, image: np.ndarray) -> list:
         """
@@ -187,53 +307,9 @@ class TiledPredictor:
         """
         height, width = image.shape[:2]
         windows = tile_windows(width, height, self.tile, self.overlap)
-        owned_complete, complete_elsewhere, owned_cut = [], [], []
-        for index, (window, core) in enumerate(zip(windows, window_cores(windows), strict=True)):
-            x0, y0, x1, y1 = window
+        views = []
+        for x0, y0, x1, y1 in windows:
             crop = np.ascontiguousarray(image[y0:y1, x0:x1])
             instances = self.predictor(crop)["instances"].to("cpu")
-            for detection in detections_from_instances(instances, offset=(x0, y0)):
-                cx, cy = detection.centroid
-                owned = core[0] <= cx < core[2] and core[1] <= cy < core[3]
-                complete = not _touches_inner_edge(detection, window, width, height)
-                if owned and complete:
-                    owned_complete.append((index, detection))
-                elif complete:
-                    complete_elsewhere.append(detection)
-                elif owned:
-                    owned_cut.append((window, detection))
-
-        kept = _KeptParticles()
-        for index, detection in sorted(owned_complete, key=lambda e: -e[1].score):
-            duplicates = kept.duplicates_of(detection, self.merge_ios, window=index)
-            if duplicates:
-                kept.replace(duplicates[0], _merge_into(kept.detections[duplicates[0]], detection))
-            else:
-                kept.add(detection, index)
-        for detection in sorted(complete_elsewhere, key=lambda d: -d.score):
-            if not kept.duplicates_of(detection, self.merge_ios):
-                kept.add(detection, window=None)
-        pieces = []  # (window box, stitched detection)
-        for window, piece in sorted(owned_cut, key=lambda e: -e[1].score):
-            if kept.duplicates_of(piece, self.merge_ios):
-                continue
-            match = next(
-                (
-                    k
-                    for k, (other_window, other) in enumerate(pieces)
-                    if _agree_in_shared_region(piece, window, other, other_window) > self.merge_ios
-                ),
-                None,
-            )
-            if match is None:
-                pieces.append((window, piece))
-            else:
-                other_window, other = pieces[match]
-                union_window = (
-                    min(window[0], other_window[0]),
-                    min(window[1], other_window[1]),
-                    max(window[2], other_window[2]),
-                    max(window[3], other_window[3]),
-                )
-                pieces[match] = (union_window, _merge_into(other, piece))
-        return kept.detections + [piece for _, piece in pieces]
+            views.append(detections_from_instances(instances, offset=(x0, y0)))
+        return stitch_views(windows, views, self.merge_iou)
