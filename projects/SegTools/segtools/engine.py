@@ -6,6 +6,7 @@ on one process, several processes (`--num-gpus`, on GPUs or CPUs) or several mac
 import os
 from unittest import mock
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
@@ -95,6 +96,9 @@ def prepare_datasets(dataset_names) -> None:
 def main(args):
     """Train, or evaluate with `--eval-only`; returns the last evaluation's results."""
     cfg = setup(args)
+    if cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1:
+        # Each process would take every core: share them instead of oversubscribing.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     prepare_datasets([*cfg.DATASETS.TEST, *([] if args.eval_only else cfg.DATASETS.TRAIN)])
 
     if args.eval_only:
