@@ -48,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--score-thresh", type=float, help="override the config's threshold")
     parser.add_argument("--tile", type=int, help="predict windows of this size (training tile)")
     parser.add_argument("--overlap", type=int, default=128, help="window overlap with --tile")
-    parser.add_argument("--merge-ios", type=float, default=0.5, help="duplicate merge threshold")
+    parser.add_argument(
+        "--merge-iou",
+        type=float,
+        default=0.5,
+        help="views of neighbouring windows whose masks agree by this IoU where both windows "
+        "see the image are one particle",
+    )
     parser.add_argument("--every-nth-frame", type=int, default=1, help="video frames to predict")
     parser.add_argument("--psd", action="store_true", help="write particle-size reports")
     parser.add_argument("--mm-per-px", type=float, help="scale of the images (with --psd)")
@@ -99,7 +105,7 @@ def main(argv=None) -> int:
         print("error: no image or video to predict", file=sys.stderr)
         return 2
 
-    predict, metadata = build_predictor(cfg, args.tile, args.overlap, args.merge_ios)
+    predict, metadata = build_predictor(cfg, args.tile, args.overlap, args.merge_iou)
     psd = PsdOptions(args.mm_per_px, args.size_measure, args.edge_mode) if args.psd else None
     settings = {
         "config_file": args.config_file,

@@ -1,4 +1,4 @@
-from .detections import Detection, detections_from_instances, intersection_over_smaller
+from .detections import Detection, detections_from_instances
 from .inputs import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -7,7 +7,7 @@ from .inputs import (
     collect_inputs,
     read_frames,
 )
-from .tiled import TiledPredictor, window_cores
+from .tiled import TiledPredictor, stitch_views, window_cores
 from .visualize import draw_detections
 
 __all__ = [
@@ -20,7 +20,7 @@ __all__ = [
     "collect_inputs",
     "detections_from_instances",
     "draw_detections",
-    "intersection_over_smaller",
     "read_frames",
+    "stitch_views",
     "window_cores",
 ]

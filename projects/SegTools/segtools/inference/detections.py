@@ -6,7 +6,7 @@ import numpy as np
 
 from ..data.coco_format import encode_mask, mask_box
 
-__all__ = ["Detection", "detections_from_instances", "intersection_over_smaller"]
+__all__ = ["Detection", "detections_from_instances"]
 
 
 @dataclass
@@ -99,15 +99,3 @@ def detections_from_instances(instances, offset=(0, 0)) -> list:
             )
         )
     return detections
-
-
-def intersection_over_smaller(a: Detection, b: Detection) -> float:
-    """|A and B| / min(|A|, |B|) of two detections' masks (0 when they do not overlap)."""
-    ax0, ay0, ax1, ay1 = a.mask_box
-    bx0, by0, bx1, by1 = b.mask_box
-    x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
-    if x0 >= x1 or y0 >= y1:
-        return 0.0
-    part_a = a.mask[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
-    part_b = b.mask[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
-    return np.count_nonzero(part_a & part_b) / min(a.area, b.area)

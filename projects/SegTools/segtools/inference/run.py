@@ -32,11 +32,11 @@ class PsdOptions:
     edge_mode: str = "include"
 
 
-def build_predictor(cfg, tile: int | None = None, overlap: int = 0, merge_ios: float = 0.5):
+def build_predictor(cfg, tile: int | None = None, overlap: int = 0, merge_iou: float = 0.5):
     """
     Args:
         cfg: a frozen config with MODEL.WEIGHTS and MODEL.DEVICE set.
-        tile, overlap, merge_ios: predict window by window (:class:`TiledPredictor`) if `tile`.
+        tile, overlap, merge_iou: predict window by window (:class:`TiledPredictor`) if `tile`.
 
     Returns:
         (image (H, W, 3) BGR -> list[Detection], metadata of the model's classes).
@@ -44,7 +44,7 @@ def build_predictor(cfg, tile: int | None = None, overlap: int = 0, merge_ios: f
     predictor = DefaultPredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     if tile:
-        return TiledPredictor(predictor, tile, overlap, merge_ios), metadata
+        return TiledPredictor(predictor, tile, overlap, merge_iou), metadata
 
     def predict(image):
         return detections_from_instances(predictor(image)["instances"].to("cpu"))
