@@ -43,7 +43,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..atomic_io import atomic_directory, atomic_write_image, atomic_write_json
+from ..atomic_io import (
+    atomic_directory,
+    atomic_write_image,
+    atomic_write_json,
+    check_new_or_empty_folder,
+)
 from .coco_format import annotation_from_mask
 
 __all__ = [
@@ -633,10 +638,7 @@ def generate_synthetic_ore(
     num_images = _check_int("num_images", num_images, 1)
     seed = _check_int("seed", seed, 0)
     width, height = _check_size(size)
-    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
-        raise FileExistsError(
-            f"Synthetic ore output folder {out_dir} exists and is not an empty folder"
-        )
+    check_new_or_empty_folder(out_dir, "Synthetic ore output folder")
 
     images, annotations = [], []
     with atomic_directory(out_dir) as tmp_dir:
