@@ -111,7 +111,7 @@ def test_lightweight_fpn_is_1x1_laterals_only():
 @pytest.mark.parametrize("channels", [64, 96, 128, 256])
 def test_fpn_switches_change_parameters_as_the_structure_implies(channels):
     base = num_params(lightweight_fpn(channels))
-    # Table 2: three 3x3 output convs, C -> C with bias. The paper's P = 82,944 is one at C = 96.
+    # Table 2: three 3x3 output convs, C -> C with bias.
     assert num_params(lightweight_fpn(channels, output_convs=True)) - base == 3 * (
         channels * channels * 9 + channels
     )
@@ -119,7 +119,18 @@ def test_fpn_switches_change_parameters_as_the_structure_implies(channels):
     assert num_params(lightweight_fpn(channels, top_levels=2)) - base == 2 * (
         channels * channels * 9 + channels
     )
-    assert 96 * 96 * 9 == 82_944
+
+
+def test_the_papers_p_is_one_96_channel_3x3_conv_and_1_37_of_the_original_fpn():
+    # Section 3.2: "P = C_i x K^2 x C_o ... 82,944, which is only 1/37 of the traditional FPN".
+    # 82,944 is the weight count of one 3x3 output conv of a 96-channel FPN (Table 2's "Convs.").
+    with_convs = lightweight_fpn(96, output_convs=True)
+    assert [conv.weight.numel() for conv in with_convs.output_convs] == [82_944] * 3
+    # The traditional FPN on MobileNetV3-Small: 256 channels, 3x3 output convs, P6 and P7.
+    original = lightweight_fpn(256, output_convs=True, top_levels=2)
+    fpn_params = num_params(original) - num_params(original.bottom_up)
+    assert fpn_params == (24 + 48 + 576) * 256 + 5 * 256 * 256 * 9 + 8 * 256 == 3_117_056
+    assert fpn_params // 82_944 == 37
 
 
 def head(num_levels=3, channels=96, num_convs=2, norm="BN", on_box_tower=False, classes=1):

@@ -31,8 +31,18 @@ def train_step_losses(model, batch):
             "MODEL.LOSNET.IN_FEATURES",
             ["p3", "p4", "p5", "p6", "p7"],
         ],
+        [
+            "MODEL.LOSNET.BOX_REG_SCALE",
+            True,
+            "MODEL.LOSNET.CENTER_SAMPLING_AROUND",
+            "mask_centroid",
+            "MODEL.LOSNET.MASK_POSITIVES_QUOTA",
+            "always",
+            "MODEL.LOSNET.MASK_BRANCH.LEVEL_CONVS",
+            "3x3_norm_relu",
+        ],
     ],
-    ids=["paper", "authors_quality_and_stride", "box_tower_gn", "p6p7_convs"],
+    ids=["paper", "authors_quality_and_stride", "box_tower_gn", "p6p7_convs", "authors_switches"],
 )
 def test_losses_finite_and_every_parameter_gets_gradient(opts):
     model = build_losnet(*opts)

@@ -1,6 +1,20 @@
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_losnet_config"]
+__all__ = ["add_losnet_config", "check_choice"]
+
+
+def check_choice(key: str, value, choices: tuple):
+    """
+    Raise a ValueError that names the config `key` and its allowed `choices` unless `value` is
+    one of them (booleans and integers are told apart).
+
+    Returns:
+        `value`.
+    """
+    if not any(type(value) is type(choice) and value == choice for choice in choices):
+        allowed = ", ".join(repr(choice) for choice in choices)
+        raise ValueError(f"{key}={value!r}: use one of {allowed}")
+    return value
 
 
 def add_losnet_config(cfg):
@@ -46,8 +60,16 @@ def add_losnet_config(cfg):
     # Box quality branch: "centerness" (paper eq. 1) or "iou" (authors' code: BCE against the IoU
     # of the predicted box with its ground truth). Either one ranks detections by eq. 2.
     cfg.MODEL.LOSNET.BOX_QUALITY = "centerness"
+    # Multiply each level's box regression (in strides, before the ReLU that keeps distances
+    # >= 0) by a learnable scalar, initialised to 1: False (paper silent) or True (authors' code,
+    # FCOS's per-level `Scale`).
+    cfg.MODEL.LOSNET.BOX_REG_SCALE = False
     cfg.MODEL.LOSNET.PRIOR_PROB = 0.01
+    # FCOS centre sampling: a location is positive only within CENTER_SAMPLING_RADIUS strides of
+    # CENTER_SAMPLING_AROUND, "box_center" (FCOS, Detectron2) or "mask_centroid" (the mask's
+    # centre of mass: CondInst, the authors' code); always inside the box.
     cfg.MODEL.LOSNET.CENTER_SAMPLING_RADIUS = 1.5
+    cfg.MODEL.LOSNET.CENTER_SAMPLING_AROUND = "box_center"
     cfg.MODEL.LOSNET.FOCAL_LOSS_ALPHA = 0.25
     cfg.MODEL.LOSNET.FOCAL_LOSS_GAMMA = 2.0
     # lambda of eq. 3.
@@ -56,16 +78,25 @@ def add_losnet_config(cfg):
     # instance keeps max(cap // #instances, 1) of its positives, the highest-scoring ones.
     # A negative value keeps every positive.
     cfg.MODEL.LOSNET.MASK_POSITIVES_PER_IMAGE = 64
+    # When that quota applies: "over_cap" (only to an image with more positives than the cap;
+    # with more instances than the cap, a random `cap` of their best positives) or "always"
+    # (authors' code, CondInst's TOPK_PROPOSALS_PER_IM: every image, never trimmed further).
+    cfg.MODEL.LOSNET.MASK_POSITIVES_QUOTA = "over_cap"
     # Inference: candidates scored by sqrt(cls x quality) (eq. 2) above this threshold, the
     # top-k per level, class-aware NMS; TEST.DETECTIONS_PER_IMAGE caps the final count.
     cfg.MODEL.LOSNET.SCORE_THRESH_TEST = 0.2
     cfg.MODEL.LOSNET.TOPK_CANDIDATES_TEST = 1000
     cfg.MODEL.LOSNET.NMS_THRESH_TEST = 0.6
 
-    # Mask branch: P4 and P5 pass a 1x1 linear conv, are upsampled and added to P3, then
-    # NUM_CONVS 3x3 convs and a 1x1 conv give OUT_CHANNELS mask features at P3's stride.
+    # Mask branch: the levels are brought to a common width (LEVEL_CONVS), P4 and P5 upsampled
+    # and added to P3, then NUM_CONVS 3x3 convs and a 1x1 conv give OUT_CHANNELS mask features
+    # at P3's stride.
     cfg.MODEL.LOSNET.MASK_BRANCH = CN()
     cfg.MODEL.LOSNET.MASK_BRANCH.IN_FEATURES = ["p3", "p4", "p5"]
+    # "1x1_linear": P3 as it is, P4 and P5 through a 1x1 conv without activation (our reading
+    # of the paper's Fig. 2); "3x3_norm_relu": every level through a 3x3 conv + NORM + ReLU to
+    # CHANNELS (CondInst, the authors' code).
+    cfg.MODEL.LOSNET.MASK_BRANCH.LEVEL_CONVS = "1x1_linear"
     cfg.MODEL.LOSNET.MASK_BRANCH.CHANNELS = 128
     cfg.MODEL.LOSNET.MASK_BRANCH.NUM_CONVS = 4
     cfg.MODEL.LOSNET.MASK_BRANCH.OUT_CHANNELS = 8

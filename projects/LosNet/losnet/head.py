@@ -6,7 +6,20 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 from torch import nn
 
-__all__ = ["LosNetHead", "LevelTower"]
+from .config import check_choice
+
+__all__ = ["LosNetHead", "LevelTower", "Scale"]
+
+
+class Scale(nn.Module):
+    """A learnable scalar, initialised to `init`, that multiplies its input (FCOS's `Scale`)."""
+
+    def __init__(self, init: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
 
 
 class LevelTower(nn.Module):
@@ -52,6 +65,7 @@ class LosNetHead(nn.Module):
     four box distances (normalised by stride) on their towers, the box quality (centerness or
     IoU) on the box tower in parallel with the regression, and the controller that predicts each
     location's dynamic mask-head parameters, on its own tower (paper) or on the box tower.
+    Optionally each level's box distances pass a learnable scale (authors' code, FCOS).
     """
 
     @configurable
@@ -66,6 +80,7 @@ class LosNetHead(nn.Module):
         num_controller_params: int,
         controller_on_box_tower: bool,
         prior_prob: float,
+        box_reg_scale: bool = False,
     ):
         """
         Args:
@@ -73,6 +88,7 @@ class LosNetHead(nn.Module):
             num_controller_params: parameters of the dynamic mask head per location.
             controller_on_box_tower: put the controller on the box tower instead of a tower of
                 its own with `num_cls_convs` convs.
+            box_reg_scale: multiply each level's box distances by a learnable :class:`Scale`.
         """
         super().__init__()
         channels = {s.channels for s in input_shape}
@@ -96,15 +112,18 @@ class LosNetHead(nn.Module):
             nn.init.constant_(predictor.bias, 0)
         # Start with every location predicting background with probability 1 - prior_prob.
         nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
+        # Levels regress distances in their own strides; a scale lets each level adjust the
+        # range the shared predictor has to cover.
+        self.box_scales = (
+            nn.ModuleList(Scale() for _ in range(num_levels)) if box_reg_scale else None
+        )
 
     @classmethod
     def from_config(cls, cfg, input_shape: list[ShapeSpec], num_controller_params: int):
         losnet = cfg.MODEL.LOSNET
-        if losnet.CONTROLLER_INPUT not in ("own_tower", "box_tower"):
-            raise ValueError(
-                f"MODEL.LOSNET.CONTROLLER_INPUT={losnet.CONTROLLER_INPUT!r}: use 'own_tower' or "
-                "'box_tower'"
-            )
+        check_choice(
+            "MODEL.LOSNET.CONTROLLER_INPUT", losnet.CONTROLLER_INPUT, ("own_tower", "box_tower")
+        )
         return {
             "input_shape": input_shape,
             "num_classes": losnet.NUM_CLASSES,
@@ -114,6 +133,9 @@ class LosNetHead(nn.Module):
             "num_controller_params": num_controller_params,
             "controller_on_box_tower": losnet.CONTROLLER_INPUT == "box_tower",
             "prior_prob": losnet.PRIOR_PROB,
+            "box_reg_scale": check_choice(
+                "MODEL.LOSNET.BOX_REG_SCALE", losnet.BOX_REG_SCALE, (False, True)
+            ),
         }
 
     def forward(self, features: list[torch.Tensor]):
@@ -122,14 +144,16 @@ class LosNetHead(nn.Module):
             features: per level, (N, C, Hi, Wi), finest first.
 
         Returns:
-            Four lists over levels: class logits (N, K, Hi, Wi), box distances (N, 4, Hi, Wi),
-            quality logits (N, 1, Hi, Wi) and controller outputs (N, P, Hi, Wi).
+            Four lists over levels: class logits (N, K, Hi, Wi), box distances in strides
+            before their ReLU (N, 4, Hi, Wi), quality logits (N, 1, Hi, Wi) and controller
+            outputs (N, P, Hi, Wi).
         """
         logits, box_deltas, quality, controller = [], [], [], []
         for level, feature in enumerate(features):
             box_feature = self.box_tower(feature, level)
             logits.append(self.cls_score(self.cls_tower(feature, level)))
-            box_deltas.append(self.bbox_pred(box_feature))
+            deltas = self.bbox_pred(box_feature)
+            box_deltas.append(deltas if self.box_scales is None else self.box_scales[level](deltas))
             quality.append(self.quality(box_feature))
             controller_feature = (
                 box_feature

@@ -6,10 +6,11 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.meta_arch.fcos import FCOS
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
-from detectron2.structures.boxes import matched_pairwise_iou
+from detectron2.structures.boxes import matched_pairwise_iou, pairwise_point_box_distance
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss, sigmoid_focal_loss_jit
 
+from .config import check_choice
 from .dynamic_mask_head import DynamicMaskHead, dice_loss
 from .head import LosNetHead
 from .mask_branch import MaskBranch
@@ -22,33 +23,40 @@ _MASK_THRESHOLD = 0.5
 _PASTE_CHUNK = 32
 
 
-def select_mask_positives(gt_indices: torch.Tensor, scores: torch.Tensor, cap: int) -> torch.Tensor:
+def select_mask_positives(
+    gt_indices: torch.Tensor, scores: torch.Tensor, cap: int, quota: str = "over_cap"
+) -> torch.Tensor:
     """
-    Choose at most `cap` positive locations of one image to train the mask head: each
-    ground-truth instance offers its `max(cap // #instances, 1)` highest-scoring positives. With
-    more instances than `cap` (dense ore), each offers its best one and a random `cap` of those
-    is kept, so that over the iterations every instance trains the mask head (keeping the
-    best-scoring ones would starve the same instances every time).
+    Choose the positive locations of one image that train the mask head: each ground-truth
+    instance offers its `max(cap // #instances, 1)` highest-scoring positives.
+
+    With `quota="always"` (the authors' code, CondInst's TOPK_PROPOSALS_PER_IM) every image
+    keeps exactly those: fewer than `cap` when an instance has fewer positives than its quota,
+    more when there are more instances than `cap`. With "over_cap" only an image with more than
+    `cap` positives is cut down to them; if they still exceed `cap` (more instances than `cap`,
+    dense ore), a random `cap` of them is kept, so that over the iterations every instance
+    trains the mask head (keeping the best-scoring ones would starve the same instances).
 
     Args:
         gt_indices: (P,) matched instance of each positive location.
         scores: (P,) detection score of each positive location.
         cap: the per-image budget; negative keeps all.
+        quota: "over_cap" or "always" (`MODEL.LOSNET.MASK_POSITIVES_QUOTA`).
 
     Returns:
-        (P',) indices into the P positives, P' <= cap.
+        (P',) indices into the P positives.
     """
-    if cap < 0 or len(gt_indices) <= cap:
+    if cap < 0 or (quota == "over_cap" and len(gt_indices) <= cap):
         return torch.arange(len(gt_indices), device=gt_indices.device)
     num_instances = len(torch.unique(gt_indices))
-    quota = max(cap // num_instances, 1)
+    per_instance = max(cap // num_instances, 1)
     by_score = scores.argsort(descending=True)
     order = by_score[gt_indices[by_score].argsort(stable=True)]  # grouped by instance
     _, counts = torch.unique_consecutive(gt_indices[order], return_counts=True)
     group_starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
     rank_in_group = torch.arange(len(order), device=order.device) - group_starts
-    offered = order[rank_in_group < quota]
-    if len(offered) <= cap:
+    offered = order[rank_in_group < per_instance]
+    if quota == "always" or len(offered) <= cap:
         return offered
     return offered[torch.randperm(len(offered), device=offered.device)[:cap]]
 
@@ -59,9 +67,10 @@ class LosNet(FCOS):
     LosNet (Sun et al., "Efficient and Lightweight Framework for Real-Time Ore Image Segmentation
     Based on Deep Learning", Minerals 2022): a CondInst-style one-stage instance segmenter.
 
-    Detection follows FCOS, whose anchor-point assignment (centre sampling, a size range per
-    level, the smallest box wins) this class inherits from Detectron2's :class:`FCOS`; the last
-    level's range is open-ended, so an object of any size gets positives. Each location also
+    Detection follows FCOS with the anchor-point assignment of Detectron2's :class:`FCOS`
+    (centre sampling, a size range per level, the smallest box wins); the last level's range is
+    open-ended, so an object of any size gets positives. The centre-sampling region surrounds
+    the box centre (FCOS) or the mask's centre of mass (CondInst). Each location also
     predicts the parameters of a dynamic mask head that turns the shared mask-branch features
     into that instance's mask.
 
@@ -81,10 +90,12 @@ class LosNet(FCOS):
         num_classes: int,
         box_quality: str,
         center_sampling_radius: float,
+        center_sampling_around: str,
         focal_loss_alpha: float,
         focal_loss_gamma: float,
         mask_loss_weight: float,
         mask_positives_per_image: int,
+        mask_positives_quota: str,
         test_score_thresh: float,
         test_topk_candidates: int,
         test_nms_thresh: float,
@@ -96,7 +107,10 @@ class LosNet(FCOS):
         Args:
             box_quality: "centerness" (paper) or "iou" (authors' code), the target of the
                 quality branch.
-            mask_positives_per_image: see :func:`select_mask_positives`.
+            center_sampling_around: "box_center" or "mask_centroid", the centre of each
+                instance's centre-sampling region.
+            mask_positives_per_image, mask_positives_quota: `cap` and `quota` of
+                :func:`select_mask_positives`.
             Other arguments mean the same as in :class:`FCOS`.
         """
         super().__init__(
@@ -114,8 +128,15 @@ class LosNet(FCOS):
             pixel_mean=pixel_mean,
             pixel_std=pixel_std,
         )
-        if box_quality not in ("centerness", "iou"):
-            raise ValueError(f"MODEL.LOSNET.BOX_QUALITY={box_quality!r}: use 'centerness' or 'iou'")
+        check_choice("MODEL.LOSNET.BOX_QUALITY", box_quality, ("centerness", "iou"))
+        check_choice(
+            "MODEL.LOSNET.CENTER_SAMPLING_AROUND",
+            center_sampling_around,
+            ("box_center", "mask_centroid"),
+        )
+        check_choice(
+            "MODEL.LOSNET.MASK_POSITIVES_QUOTA", mask_positives_quota, ("over_cap", "always")
+        )
         strides = [backbone.output_shape()[f].stride for f in self.head_in_features]
         # Anchor points at pixel centres ((j + 0.5) * stride), the convention the mask head's
         # relative coordinates and the mask upsampling share.
@@ -128,8 +149,10 @@ class LosNet(FCOS):
         self.mask_branch = mask_branch
         self.mask_head = mask_head
         self.box_quality = box_quality
+        self.center_sampling_around = center_sampling_around
         self.mask_loss_weight = mask_loss_weight
         self.mask_positives_per_image = mask_positives_per_image
+        self.mask_positives_quota = mask_positives_quota
 
     @classmethod
     def from_config(cls, cfg):
@@ -166,10 +189,12 @@ class LosNet(FCOS):
             "num_classes": losnet.NUM_CLASSES,
             "box_quality": losnet.BOX_QUALITY,
             "center_sampling_radius": losnet.CENTER_SAMPLING_RADIUS,
+            "center_sampling_around": losnet.CENTER_SAMPLING_AROUND,
             "focal_loss_alpha": losnet.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": losnet.FOCAL_LOSS_GAMMA,
             "mask_loss_weight": losnet.MASK_LOSS_WEIGHT,
             "mask_positives_per_image": losnet.MASK_POSITIVES_PER_IMAGE,
+            "mask_positives_quota": losnet.MASK_POSITIVES_QUOTA,
             "test_score_thresh": losnet.SCORE_THRESH_TEST,
             "test_topk_candidates": losnet.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": losnet.NMS_THRESH_TEST,
@@ -259,8 +284,8 @@ class LosNet(FCOS):
     @torch.no_grad()
     def label_anchors(self, anchors: list[Boxes], gt_instances: list[Instances]):
         """
-        FCOS assignment (:meth:`FCOS._match_anchors`), keeping which instance each anchor
-        point matched.
+        FCOS assignment (:meth:`match_anchors`), keeping which instance each anchor point
+        matched.
 
         Returns:
             Three lists over images: class labels (R,) with `num_classes` for background,
@@ -271,7 +296,9 @@ class LosNet(FCOS):
         gt_labels, matched_boxes, matched_indices = [], [], []
         for instances in gt_instances:
             if len(instances) > 0:
-                match_quality, matched = self._match_anchors(instances.gt_boxes, anchors).max(dim=0)
+                match_quality, matched = self.match_anchors(
+                    instances.gt_boxes, self._sampling_centers(instances), anchors
+                ).max(dim=0)
                 matched[match_quality < 1e-5] = -1
                 boxes = instances.gt_boxes.tensor[matched.clip(min=0)]
                 labels = instances.gt_classes[matched.clip(min=0)]
@@ -284,6 +311,65 @@ class LosNet(FCOS):
             matched_boxes.append(boxes)
             matched_indices.append(matched)
         return gt_labels, matched_boxes, matched_indices
+
+    @torch.no_grad()
+    def match_anchors(
+        self, gt_boxes: Boxes, gt_centers: torch.Tensor, anchors: list[Boxes]
+    ) -> torch.Tensor:
+        """
+        Detectron2's FCOS rule (:meth:`FCOS._match_anchors`, which always samples around the
+        box centre) with the centre of each instance's sampling region given: an anchor point
+        matches an instance if it lies inside its box, less than `center_sampling_radius`
+        strides from `gt_centers` along x and y, and its largest distance to the box's sides
+        is within its level's range, (4, 8) strides, open below on the first level and above on
+        the last.
+
+        Args:
+            gt_boxes: the M boxes of an image.
+            gt_centers: (M, 2) xy centres of their sampling regions.
+            anchors: per level, Boxes of the Ri anchor points (squares of side = stride).
+
+        Returns:
+            (M, R) match quality: 0 where an anchor point does not match an instance, else
+            1e8 - the box area, so that the smallest box wins.
+        """
+        num_per_level = [len(a) for a in anchors]
+        anchors = Boxes.cat(anchors)
+        points = anchors.get_centers()  # (R, 2)
+        strides = anchors.tensor[:, 2] - anchors.tensor[:, 0]  # (R,)
+        lower, upper = strides * 4, strides * 8
+        lower[: num_per_level[0]] = 0
+        upper[-num_per_level[-1] :] = float("inf")
+        offsets = (points[None] - gt_centers[:, None]).abs().amax(dim=2)  # (M, R)
+        distances = pairwise_point_box_distance(points, gt_boxes).permute(1, 0, 2)  # (M, R, 4)
+        extent = distances.amax(dim=2)
+        matches = (
+            (offsets < self.center_sampling_radius * strides)
+            & (distances.amin(dim=2) > 0)
+            & (extent > lower)
+            & (extent < upper)
+        )
+        return matches.to(torch.float32) * (1e8 - gt_boxes.area()[:, None])
+
+    def _sampling_centers(self, instances: Instances) -> torch.Tensor:
+        """
+        Returns:
+            (M, 2) xy centre of each instance's centre-sampling region, in input pixels: its
+            box centre, or its mask's centre of mass with pixel (i, j) at (j + 0.5, i + 0.5),
+            so that a rectangle's equals its box centre. An empty mask has no centre of mass
+            and falls back to its box centre.
+        """
+        box_centers = instances.gt_boxes.get_centers()
+        if self.center_sampling_around == "box_center":
+            return box_centers
+        masks = self._gt_bitmasks(instances)  # (M, H, W) bool
+        column_mass = masks.sum(dim=1).to(torch.float32)  # (M, W)
+        row_mass = masks.sum(dim=2).to(torch.float32)  # (M, H)
+        xs = torch.arange(masks.shape[2], device=masks.device) + 0.5
+        ys = torch.arange(masks.shape[1], device=masks.device) + 0.5
+        area = column_mass.sum(dim=1, keepdim=True)  # (M, 1)
+        centroids = torch.stack([column_mass @ xs, row_mass @ ys], dim=1) / area.clamp(min=1)
+        return torch.where(area > 0, centroids, box_centers)
 
     def losses(self, anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_quality):
         """
@@ -372,7 +458,10 @@ class LosNet(FCOS):
                 torch.sigmoid(quality[image_index, positives])
             )
             chosen = select_mask_positives(
-                matched[positives], scores.detach(), self.mask_positives_per_image
+                matched[positives],
+                scores.detach(),
+                self.mask_positives_per_image,
+                self.mask_positives_quota,
             )
             positives = positives[chosen]
             gt_masks = self._mask_targets(instances, padded_size)
@@ -396,11 +485,11 @@ class LosNet(FCOS):
         loss = dice_loss(mask_logits.sigmoid(), cat(targets)).mean()
         return {"loss_mask": loss * self.mask_loss_weight}
 
-    def _mask_targets(self, instances: Instances, padded_size: tuple[int, int]) -> torch.Tensor:
+    @staticmethod
+    def _gt_bitmasks(instances: Instances) -> torch.Tensor:
         """
         Returns:
-            (G, H / s, W / s) ground-truth masks of the padded image, area-averaged over each
-            s x s block (s = the mask head's output stride), in [0, 1].
+            (G, H, W) boolean ground-truth masks at the image size of `instances`.
         """
         if not instances.has("gt_masks"):
             raise ValueError(
@@ -410,7 +499,15 @@ class LosNet(FCOS):
         masks = instances.gt_masks
         if isinstance(masks, PolygonMasks):
             masks = BitMasks.from_polygon_masks(masks, *instances.image_size)
-        masks = masks.tensor.to(torch.float32)
+        return masks.tensor
+
+    def _mask_targets(self, instances: Instances, padded_size: tuple[int, int]) -> torch.Tensor:
+        """
+        Returns:
+            (G, H / s, W / s) ground-truth masks of the padded image, area-averaged over each
+            s x s block (s = the mask head's output stride), in [0, 1].
+        """
+        masks = self._gt_bitmasks(instances).to(torch.float32)
         height, width = masks.shape[-2:]
         padded = F.pad(masks, (0, padded_size[1] - width, 0, padded_size[0] - height))
         stride = self.mask_head.out_stride
