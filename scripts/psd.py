@@ -21,7 +21,6 @@ Example:
 
 import argparse
 import math
-import os
 import sys
 
 
@@ -61,68 +60,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> str:
-    """Write the reports; return the D-values table. Raises on bad input, writing nothing."""
-    from segtools.analysis import (
-        ParticleTable,
-        draw_size_overlay,
-        iter_particle_tables,
-        load_coco_instances,
-        load_image,
-        resolve_image_paths,
-        write_psd_report,
-    )
-    from segtools.analysis.report import d_values_csv, d_values_text
-    from segtools.atomic_io import atomic_directory, atomic_write_image, atomic_write_text
-
-    images = load_coco_instances(args.coco_json, args.score_thresh)
-    paths = resolve_image_paths(args.images, images) if args.images else {}
-    options = {"measure": args.size_measure, "edge_mode": args.edge_mode}
-    summaries, tables = {}, []
-    with atomic_directory(args.out) as out_dir:
-        for image, table in iter_particle_tables(images, args.mm_per_px):
-            image_dir = os.path.join(out_dir, "images", image.name)
-            summaries[image.name] = write_psd_report(table, image_dir, title=image.name, **options)
-            if image.image_id in paths:
-                photo = load_image(paths[image.image_id], image, args.coco_json)
-                segmentations = dict(zip(image.annotation_ids, image.segmentations, strict=True))
-                overlay = draw_size_overlay(photo, table, segmentations, **options)
-                atomic_write_image(os.path.join(image_dir, "overlay.png"), overlay)
-            tables.append(table)
-        run_table = ParticleTable.concatenate(tables, args.mm_per_px)
-        title = os.path.basename(args.coco_json)
-        summaries["all"] = write_psd_report(
-            run_table, os.path.join(out_dir, "all"), title=title, **options
-        )
-        atomic_write_text(os.path.join(out_dir, "d_values.csv"), d_values_csv(summaries))
-    return d_values_text(summaries)
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Checked before importing segtools, which imports Detectron2 (seconds), to fail fast.
     if args.exclude_edge and args.edge_mode not in (None, "exclude"):
         parser.error(f"--exclude-edge contradicts --edge-mode {args.edge_mode}")
-    args.edge_mode = "exclude" if args.exclude_edge else (args.edge_mode or "include")
-    if not os.path.isfile(args.coco_json):
-        parser.error(f"--coco-json: file not found: {args.coco_json}")
-    if args.images is not None and not os.path.isdir(args.images):
-        parser.error(f"--images: folder not found: {args.images}")
-    if os.path.isdir(args.out) and os.listdir(args.out):
-        parser.error(f"--out: folder exists and is not empty: {args.out}")
+    edge_mode = "exclude" if args.exclude_edge else (args.edge_mode or "include")
 
-    from segtools.analysis import EDGE_MODES, LENGTH_MEASURES, CocoInputError
+    # Imported after parsing, to answer --help and argument errors at once: segtools imports
+    # Detectron2 (seconds).
+    from segtools.analysis import EDGE_MODES, LENGTH_MEASURES, write_coco_psd_reports
+    from segtools.data.coco_input import CocoFormatError
 
-    if args.edge_mode not in EDGE_MODES:
-        parser.error(f"--edge-mode: {args.edge_mode!r} is not one of {', '.join(EDGE_MODES)}")
+    if edge_mode not in EDGE_MODES:
+        parser.error(f"--edge-mode: {edge_mode!r} is not one of {', '.join(EDGE_MODES)}")
     if args.size_measure not in LENGTH_MEASURES:
         parser.error(
             f"--size-measure: {args.size_measure!r} is not one of {', '.join(LENGTH_MEASURES)}"
         )
     try:
-        table = run(args)
-    except (OSError, CocoInputError) as e:
+        table = write_coco_psd_reports(
+            args.coco_json,
+            args.out,
+            args.mm_per_px,
+            image_dir=args.images,
+            measure=args.size_measure,
+            edge_mode=edge_mode,
+            score_thresh=args.score_thresh,
+        )
+    except (OSError, CocoFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(table)

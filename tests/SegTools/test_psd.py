@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import cv2
 import numpy as np
@@ -18,6 +19,7 @@ from segtools.analysis import (
     PARTICLE_DTYPE,
     CumulativeCurve,
     ParticleTable,
+    draw_size_overlay,
     edge_weights,
     fit_models,
     measure_instances,
@@ -26,7 +28,7 @@ from segtools.analysis import (
     write_psd_report,
 )
 from segtools.analysis.fits import rosin_rammler_size, swebrec_size
-from segtools.data.coco_format import annotation_from_mask, encode_mask
+from segtools.data.coco_format import annotation_from_mask, decode_segmentation, encode_mask
 from segtools.inference import detections_from_instances
 
 from helpers import REPO_ROOT, load_script
@@ -183,15 +185,70 @@ def test_masks_over_their_box_measure_as_frame_masks():
         measure_particle(detections[0])
 
 
-def test_masks_over_their_box_are_measured_without_a_full_frame(monkeypatch):
-    height, width = 40, 60
-    detections = _detections_of([_disc(height, width, 30.0, 20.0, 12)])
+def _adversarial_segmentations(height: int, width: int) -> list:
+    """
+    A disc on the bottom border (compressed RLE), the three first columns (uncompressed RLE: one
+    run over three columns) and two polygons, one partly right of the image.
+    """
+    disc = encode_mask(_disc(41, 41, 20.5, 20.5, 41), (20, height - 41), (height, width))
+    columns = {"size": [height, width], "counts": [0, 3 * height, (width - 3) * height]}
+    polygons = [[width - 10.5, 10.0, width + 10.0, 10.0, width - 1.0, 40.2], [5, 5, 9, 5, 9, 8]]
+    return [disc, columns, polygons]
 
-    def full_frame_mask(*args):
-        raise AssertionError("a full-frame mask was built")
 
-    monkeypatch.setattr("segtools.analysis.size_measures._to_mask", full_frame_mask)
-    assert len(measure_instances(detections, (height, width), 1.0)) == 1
+def test_segmentations_measure_as_their_full_frames():
+    height, width = 60, 90
+    segmentations = _adversarial_segmentations(height, width)
+    frames = [decode_segmentation(s, height, width) for s in segmentations]
+    scores = [0.9, 0.8, 0.7]  # not NaN, which would never compare equal
+    from_segmentations = measure_instances(segmentations, (height, width), 0.5, scores=scores)
+    from_frames = measure_instances(frames, (height, width), 0.5, scores=scores)
+    assert from_segmentations.records.tolist() == from_frames.records.tolist()
+    assert from_frames.records["touches_border"].tolist() == [True, True, True]
+
+
+def _traced_peak(function, *args, **kwargs) -> tuple:
+    """(result, peak bytes that Python and NumPy allocated during the call)."""
+    tracemalloc.start()
+    try:
+        result = function(*args, **kwargs)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_particles_of_a_large_photo_are_measured_and_drawn_without_a_full_frame():
+    height, width = 3000, 4000
+    frame_bytes = height * width  # one boolean frame, 12 MB
+    segmentations = _adversarial_segmentations(height, width)
+    detections = _detections_of([_disc(60, 80, 30.0, 20.0, 12)])
+
+    table, peak = _traced_peak(measure_instances, segmentations, (height, width), 1.0)
+    assert len(table) == 3 and peak < frame_bytes / 20
+    _, peak = _traced_peak(measure_instances, detections, (height, width), 1.0)
+    assert peak < frame_bytes / 20
+    photo = np.zeros((height, width), dtype=np.uint8)
+    overlay, peak = _traced_peak(draw_size_overlay, photo, table, dict(enumerate(segmentations)))
+    assert overlay.shape == (height, width, 3) and peak < overlay.nbytes + frame_bytes / 20
+
+
+def test_overlay_outlines_each_particle_where_it_is():
+    height, width = 60, 80
+    inside = [[50, 30, 65, 30, 65, 40, 50, 40]]  # pixels [50, 65) x [30, 40)
+    at_corner = np.zeros((height, width), dtype=bool)
+    at_corner[50:, 70:] = True
+    at_corner = encode_mask(at_corner)
+    table = measure_instances([inside, at_corner], (height, width), 1.0)
+    overlay = draw_size_overlay(
+        np.zeros((height, width), np.uint8), table, {0: inside, 1: at_corner}
+    )
+
+    drawn = overlay[20:].any(axis=2)  # below the colour bar
+    outlines = np.zeros((height, width), dtype=bool)
+    for x0, y0, x1, y1 in ((50, 30, 65, 40), (70, 50, 80, 60)):
+        outlines[y0:y1, x0:x1] = True
+        outlines[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] = False
+    np.testing.assert_array_equal(drawn, outlines[20:])
 
 
 def test_edge_modes_and_miles_lantuejoul_weights():
@@ -476,9 +533,79 @@ def test_cli_bad_json_or_missing_image_writes_nothing(tmp_path, capsys):
     assert main(["--coco-json", malformed, "--mm-per-px", "1", "--out", out]) == 1
     assert "broken.json is not valid JSON" in capsys.readouterr().err
 
-    os.remove(str(tmp_path / "images" / "belt_b.png"))
+    photo = str(tmp_path / "images" / "belt_b.png")
+    os.remove(photo)
     args = ["--coco-json", gt_path, "--images", str(tmp_path / "images"), "--mm-per-px", "1"]
     assert main([*args, "--out", out]) == 1
     assert "belt_b.png" in capsys.readouterr().err
+    # A photo of another size than the file gives, found after the first image's reports.
+    cv2.imwrite(photo, np.zeros((30, 80, 3), dtype=np.uint8))
+    assert main([*args, "--out", out]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {gt_path}: image_id 2 gives [height, width] = [60, 80] but the image {photo} "
+        "is [30, 80]"
+    )
     assert not os.path.exists(out)
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            {
+                "images": [{"id": 1, "height": 6, "width": 8}],
+                "annotations": [{"image_id": 2, "segmentation": [[1, 1, 5, 1, 5, 4]]}],
+            },
+            "annotations[0]['image_id'] = 2: expected the id of an entry of 'images'",
+        ),
+        (
+            {
+                "images": [{"id": 1, "height": 6, "width": 8}],
+                "annotations": [{"image_id": 1, "segmentation": [[1, 1, 5, 1]]}],
+            },
+            "annotations[0]['segmentation'][0] = [1, 1, 5, 1]: expected a polygon of at least 3 "
+            "points",
+        ),
+        (
+            {
+                "images": [
+                    {"id": 1, "height": 6, "width": 8, "file_name": "x.png"},
+                    {"id": 2, "height": 6, "width": 8, "file_name": "x.jpg"},
+                ],
+                "annotations": [],
+            },
+            "images[1] = {'file_name': 'x.jpg', 'height': 6, 'id': 2, 'width': 8}: its report "
+            "folder 'x' would be that of images[0]",
+        ),
+        (
+            [{"image_id": 3, "score": 0.5, "segmentation": [[1, 1, 5, 1, 5, 4]]}],
+            "no entry of image_id 3 is an RLE, whose 'size' gives the image size (polygons do not)",
+        ),
+        (
+            [{"image_id": 3, "score": 0.5, "segmentation": {"size": [2, 3], "counts": [6, 1]}}],
+            "[0]['segmentation']['counts'] = [6, 1]: RLE runs must be >= 0 and sum to 2 x 3 = 6 "
+            "pixels, got 2 runs summing to 7",
+        ),
+    ],
+)
+def test_cli_names_the_bad_entry_and_writes_nothing(tmp_path, capsys, content, message):
+    json_path = tmp_path / "bad.json"
+    json_path.write_text(json.dumps(content))
+    out = tmp_path / "psd"
+    argv = ["--coco-json", str(json_path), "--mm-per-px", "1", "--out", str(out)]
+    assert load_script("psd").main(argv) == 1
+    assert capsys.readouterr().err == f"error: {json_path}: {message}\n"
+    assert not out.exists()
+
+
+def test_cli_refuses_an_output_folder_that_is_not_empty(tmp_path, capsys):
+    gt_path = _write_ground_truth(str(tmp_path))
+    (tmp_path / "psd").mkdir()
+    (tmp_path / "psd" / "old.csv").write_text("x")
+    out = str(tmp_path / "psd")
+    assert load_script("psd").main(["--coco-json", gt_path, "--mm-per-px", "1", "--out", out]) == 1
+    assert capsys.readouterr().err == (
+        f"error: output folder {out} is not empty: give a new or empty folder\n"
+    )
+    assert os.listdir(out) == ["old.csv"]

@@ -1,10 +1,12 @@
 """Particle-size distributions from synthetic ore ground truth against the true particle sizes."""
 
 import json
+import re
 
 import pytest
 
 from segtools.analysis import psd_accuracy
+from segtools.data.coco_input import CocoFormatError
 from segtools.data.synthetic_ore import generate_synthetic_ore
 
 from helpers import load_script
@@ -90,5 +92,6 @@ def test_a_file_without_true_sizes_is_named(tmp_path):
             }
         )
     )
-    with pytest.raises(ValueError, match="plain.json: annotation 7 has no"):
+    expected = "plain.json: annotations[0]['true_diameter_px'] is missing: expected the true sizes"
+    with pytest.raises(CocoFormatError, match=re.escape(expected)):
         psd_accuracy(str(plain))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from segtools.data.coco_format import decode_segmentation, encode_mask
+from segtools.data.coco_input import CocoFormatError
 from segtools.data.tiling import tile_coco_dataset, tile_windows
 
 from helpers import REPO_ROOT
@@ -283,27 +284,43 @@ def _annotated_on_both(num_images: int) -> list:
 
 
 @pytest.mark.parametrize(
-    "second_image,error", [(None, FileNotFoundError), (b"not an image", ValueError)]
+    "second_image,error,message",
+    [
+        (None, FileNotFoundError, "image {bad} (listed in {json}) not found"),
+        (b"not an image", OSError, "Cannot read image {bad} (missing, corrupt or not an image)"),
+        (
+            np.zeros((HEIGHT, WIDTH + 1, 3), np.uint8),
+            CocoFormatError,
+            "{json}: images[1] gives [height, width] = [70, 100] but the image {bad} is [70, 101]",
+        ),
+    ],
 )
-def test_bad_image_is_named_and_nothing_is_written(tmp_path, second_image, error):
+def test_bad_image_is_named_and_nothing_is_written(tmp_path, second_image, error, message):
     images = {"good.png": _noise_image(8), "bad.png": second_image}
-    _write_dataset(tmp_path, images, _annotated_on_both(2))
+    image_dir, json_path = _write_dataset(tmp_path, images, _annotated_on_both(2))
 
-    with pytest.raises(error, match="bad.png"):
+    with pytest.raises(error) as raised:
         _tile(tmp_path)
 
+    assert str(raised.value) == message.format(
+        bad=os.path.join(image_dir, "bad.png"), json=json_path
+    )
     assert sorted(os.listdir(tmp_path)) == ["annotations.json", "images"]
 
 
 @pytest.mark.parametrize(
-    "content,error,named",
+    "content,error,message",
     [
-        (None, FileNotFoundError, "annotations.json"),
-        ("{not json", ValueError, "annotations.json"),
-        ('{"images": [], "annotations": []}', ValueError, "categories"),
+        (None, FileNotFoundError, "COCO file not found: {json}"),
+        ("{not json", CocoFormatError, "{json} is not valid JSON: Expecting property name"),
+        (
+            '{"images": [], "annotations": []}',
+            CocoFormatError,
+            "{json}: 'categories' is missing: expected a list",
+        ),
     ],
 )
-def test_bad_annotation_file_is_named(tmp_path, content, error, named):
+def test_bad_annotation_file_is_named(tmp_path, content, error, message):
     _write_dataset(tmp_path, {"rock.png": _noise_image(9)}, [])
     json_path = tmp_path / "annotations.json"
     if content is None:
@@ -311,8 +328,58 @@ def test_bad_annotation_file_is_named(tmp_path, content, error, named):
     else:
         json_path.write_text(content)
 
-    with pytest.raises(error, match=named):
+    with pytest.raises(error, match=re.escape(message.format(json=json_path))):
         _tile(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            lambda coco: coco["annotations"][1].update(category_id=2),
+            "annotations[1]['category_id'] = 2: expected the id of an entry of 'categories'",
+        ),
+        (
+            lambda coco: coco["annotations"][0].pop("id"),
+            "annotations[0]['id'] is missing: expected an id",
+        ),
+        (
+            lambda coco: coco["images"][0].pop("height"),
+            "images[0]['height'] is missing: expected an integer > 0",
+        ),
+        (
+            lambda coco: coco["annotations"][1].update(segmentation=[[1, 2, 3]]),
+            "annotations[1]['segmentation'][0] = [1, 2, 3]: expected a polygon of x, y pairs, an "
+            "even count of numbers",
+        ),
+        (
+            lambda coco: coco["annotations"][0].update(
+                segmentation={"size": [HEIGHT, WIDTH], "counts": [HEIGHT * WIDTH - 1]}
+            ),
+            "annotations[0]['segmentation']['counts'] = [6999]: RLE runs must be >= 0 and sum to "
+            "70 x 100 = 7000 pixels, got 1 runs summing to 6999",
+        ),
+        (
+            lambda coco: coco["images"].append(
+                {**coco["images"][0], "id": 2, "file_name": "rock.jpg"}
+            ),
+            "images[1] = {'file_name': 'rock.jpg', 'height': 70, 'id': 2, 'width': 100}: its tile "
+            "name prefix 'rock' would be that of images[0]",
+        ),
+    ],
+)
+def test_bad_entry_is_named_and_nothing_is_written(tmp_path, edit, message):
+    _, json_path = _write_dataset(tmp_path, {"rock.png": _noise_image(9)}, _annotated_on_both(1))
+    (tmp_path / "images" / "rock.jpg").write_bytes(b"")
+    coco = json.loads(Path(json_path).read_text())
+    edit(coco)
+    Path(json_path).write_text(json.dumps(coco))
+
+    with pytest.raises(CocoFormatError) as raised:
+        _tile(tmp_path)
+
+    assert str(raised.value) == f"{json_path}: {message}"
+    assert not (tmp_path / "out").exists()
 
 
 def test_refuses_non_empty_output_folder(tmp_path):

@@ -6,12 +6,11 @@ Ore particle-size analysis from instance masks: size measures per particle, size
 from .accuracy import DValueComparison, psd_accuracy
 from .coco_particles import (
     CocoImageInstances,
-    CocoInputError,
     iter_particle_tables,
     load_coco_instances,
-    load_image,
     resolve_image_paths,
 )
+from .coco_report import write_coco_psd_reports
 from .distribution import (
     EDGE_MODES,
     WEIGHTINGS,
@@ -39,7 +38,6 @@ __all__ = [
     "PARTICLE_DTYPE",
     "WEIGHTINGS",
     "CocoImageInstances",
-    "CocoInputError",
     "CumulativeCurve",
     "DValueComparison",
     "FitResult",
@@ -54,12 +52,12 @@ __all__ = [
     "fit_swebrec",
     "iter_particle_tables",
     "load_coco_instances",
-    "load_image",
     "measure_instances",
     "measure_particle",
     "psd_accuracy",
     "resolve_image_paths",
     "sieve_series",
     "size_distribution",
+    "write_coco_psd_reports",
     "write_psd_report",
 ]

@@ -14,12 +14,12 @@ to diameter^3, as in the reports):
   a model on the belt reports, occlusion and segmentation errors included.
 """
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
-from .coco_particles import CocoInputError, iter_particle_tables, load_coco_instances
+from ..data.coco_input import CocoFormatError, check_ground_truth, read_coco_json
+from .coco_particles import iter_particle_tables, load_coco_instances
 from .distribution import CumulativeCurve
 
 __all__ = ["DValueComparison", "psd_accuracy"]
@@ -102,15 +102,16 @@ def psd_accuracy(
     Returns:
         list[DValueComparison], by count and by mass for each comparison.
     """
-    with open(ground_truth_json) as f:
-        annotations = {a["id"]: a for a in json.load(f)["annotations"]}
-    for annotation in annotations.values():
+    data = read_coco_json(ground_truth_json)
+    check_ground_truth(data, ground_truth_json, training_set=True)
+    for index, annotation in enumerate(data["annotations"]):
         missing = [key for key in _TRUTH_KEYS if key not in annotation]
         if missing:
-            raise CocoInputError(
-                f"{ground_truth_json}: annotation {annotation['id']} has no {missing}; a synthetic "
-                "ore annotation file is needed for the true sizes"
+            raise CocoFormatError(
+                f"{ground_truth_json}: annotations[{index}][{missing[0]!r}] is missing: expected "
+                "the true sizes of a synthetic ore annotation file"
             )
+    annotations = {a["id"]: a for a in data["annotations"]}
     ids, measured, _ = _measured_diameters(ground_truth_json, 0.0, show_progress)
     truth = np.array([annotations[i]["true_diameter_px"] for i in ids])
     interior = np.array([not annotations[i]["touches_border"] for i in ids], dtype=bool)

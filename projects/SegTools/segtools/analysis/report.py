@@ -28,9 +28,10 @@ from ..atomic_io import (
     atomic_write_image,
     atomic_write_json,
     atomic_write_text,
+    check_new_or_empty_folder,
     strict_json_value,
 )
-from ..data.coco_format import decode_segmentation
+from ..data.coco_format import decode_in_box
 from .distribution import (
     D_PERCENTS,
     INTERPOLATION,
@@ -242,11 +243,10 @@ def write_psd_report(
         The summary written to summary.json.
 
     Raises:
-        FileExistsError: if `out_dir` exists and is not empty (an older report is never mixed
-            with a new one).
+        FileExistsError: if `out_dir` is a file or a folder that is not empty (an older report
+            is never mixed with a new one).
     """
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise FileExistsError(f"Report folder already exists and is not empty: {out_dir}")
+    check_new_or_empty_folder(out_dir, "report folder")
     distribution = size_distribution(particles, measure, edge_mode, sieves_mm)
     fits = {weighting: fit_models(distribution.curve(weighting)) for weighting in WEIGHTINGS}
     summary = summarize(distribution, fits, particles.mm_per_px, title)
@@ -277,7 +277,8 @@ def draw_size_overlay(
     Args:
         image: (H, W, 3) BGR or (H, W) grey uint8 photo.
         particles: the image's table.
-        segmentations: {annotation_id: COCO segmentation} for the table's particles.
+        segmentations: {annotation_id: COCO segmentation} for the table's particles, each
+            decoded over its box only.
 
     Returns:
         (H, W, 3) BGR uint8 image.
@@ -293,11 +294,9 @@ def draw_size_overlay(
     levels = np.clip((np.log(sizes) - log_low) / max(log_high - log_low, 1e-12), 0, 1)
     colours = cv2.applyColorMap(np.uint8(levels * 255).reshape(-1, 1), cv2.COLORMAP_VIRIDIS)
     for record, colour, is_used in zip(particles.records, colours[:, 0], used, strict=True):
-        x, y, w, h = (int(record[k]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
-        mask = decode_segmentation(segmentations[int(record["annotation_id"])], height, width)
-        crop = np.ascontiguousarray(mask[y : y + h, x : x + w], dtype=np.uint8)
+        mask, origin = decode_in_box(segmentations[int(record["annotation_id"])], height, width)
         contours, _ = cv2.findContours(
-            crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y)
+            mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=origin
         )
         outline = colour.tolist() if is_used else [160, 160, 160]
         cv2.drawContours(canvas, contours, -1, outline, thickness)

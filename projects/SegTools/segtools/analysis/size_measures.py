@@ -36,7 +36,7 @@ import numpy as np
 from scipy.spatial.distance import pdist
 from tqdm import tqdm
 
-from ..data.coco_format import decode_segmentation
+from ..data.coco_format import decode_in_box
 
 __all__ = [
     "LENGTH_MEASURES",
@@ -134,22 +134,6 @@ def _caliper_diameters(hull: np.ndarray) -> tuple[float, float]:
     return min_width, float(pdist(hull).max())
 
 
-def _to_mask(instance, image_size: tuple[int, int] | None) -> np.ndarray:
-    """A (H, W) boolean mask from a mask array or a COCO segmentation (polygons or RLE)."""
-    if isinstance(instance, np.ndarray):
-        if instance.ndim != 2:
-            raise ValueError(f"A particle mask must be (H, W), got shape {instance.shape}")
-        if image_size is not None and tuple(instance.shape) != tuple(image_size):
-            raise ValueError(f"Mask shape {instance.shape} differs from image size {image_size}")
-        return instance.astype(bool, copy=False)
-    if image_size is None:
-        if not (isinstance(instance, dict) and "size" in instance):
-            raise ValueError("A polygon segmentation needs image_size=(height, width)")
-        image_size = instance["size"]
-    height, width = (int(v) for v in image_size)
-    return decode_segmentation(instance, height, width)
-
-
 def measure_particle(instance, image_size: tuple[int, int] | None = None) -> ParticleMeasures:
     """
     Measure one particle.
@@ -157,8 +141,9 @@ def measure_particle(instance, image_size: tuple[int, int] | None = None) -> Par
     Args:
         instance: (H, W) boolean mask of the whole frame, a COCO segmentation (RLE dict or
             polygon list) of it, or the mask over a box of the frame: an object with `mask`
-            (h, w) and `mask_origin` (x, y), such as :class:`segtools.inference.Detection`
-            (measured without building the frame, 12 MB for a 4000 x 3000 photo).
+            (h, w) and `mask_origin` (x, y), such as :class:`segtools.inference.Detection`.
+            Segmentations and box masks are measured without building the frame (12 MB for a
+            4000 x 3000 photo).
         image_size: (height, width) of the frame; needed for polygons and box masks, optional
             otherwise.
 
@@ -174,8 +159,18 @@ def _mask_in_frame(instance, image_size: tuple[int, int] | None) -> tuple:
         if image_size is None:
             raise ValueError("A mask over a box needs image_size=(height, width)")
         return instance.mask, tuple(instance.mask_origin), tuple(int(v) for v in image_size)
-    mask = _to_mask(instance, image_size)
-    return mask, (0, 0), mask.shape
+    if isinstance(instance, np.ndarray):
+        if instance.ndim != 2:
+            raise ValueError(f"A particle mask must be (H, W), got shape {instance.shape}")
+        if image_size is not None and tuple(instance.shape) != tuple(image_size):
+            raise ValueError(f"Mask shape {instance.shape} differs from image size {image_size}")
+        return instance.astype(bool, copy=False), (0, 0), instance.shape
+    if image_size is None:
+        if not (isinstance(instance, dict) and "size" in instance):
+            raise ValueError("A polygon segmentation needs image_size=(height, width)")
+        image_size = instance["size"]
+    height, width = (int(v) for v in image_size)
+    return (*decode_in_box(instance, height, width), (height, width))
 
 
 def _measure_mask(mask: np.ndarray, origin: tuple, frame_size: tuple) -> ParticleMeasures:

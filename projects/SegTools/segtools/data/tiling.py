@@ -8,18 +8,21 @@ source instance is cropped into the tiles it shows in, subject to a minimum visi
 """
 
 import enum
-import json
 import os
 from dataclasses import dataclass, field, fields
 
-import cv2
 import numpy as np
-import pycocotools.mask as mask_util
 import shapely
 from tqdm import tqdm
 
-from ..atomic_io import atomic_directory, atomic_write_image, atomic_write_json
-from .coco_format import annotation_from_mask
+from ..atomic_io import (
+    atomic_directory,
+    atomic_write_image,
+    atomic_write_json,
+    check_new_or_empty_folder,
+)
+from .coco_format import annotation_from_mask, decode_in_box
+from .coco_input import check_distinct_names, check_ground_truth, read_coco_json, read_image
 
 __all__ = ["TilingSummary", "tile_windows", "tile_coco_dataset"]
 
@@ -118,67 +121,39 @@ class _Instance:
     area: int  # pixels inside the image
 
 
-def _polygon_rle(polygons: list, height: int, width: int, where: str) -> tuple[dict | None, bool]:
+def _kept_polygons(polygons: list, height: int, width: int) -> tuple[list, bool]:
     """
-    The RLE of the union of the non-degenerate polygons, rasterised and clipped to the image by
-    pycocotools as Detectron2 does, and whether any point lies outside the image. The RLE is None
-    if every polygon is degenerate (fewer than 3 points or zero area).
+    The non-degenerate polygons (at least 3 points and an area), and whether any point of them
+    lies outside the (height, width) image.
     """
     kept = []
     for polygon in polygons:
-        points = np.asarray(polygon, dtype=np.float64)
-        if points.ndim != 1 or points.size % 2:
-            raise ValueError(f"{where}: a polygon must be a flat list of x, y pairs")
-        points = points.reshape(-1, 2)
+        points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
         # make_valid keeps the area of self-intersecting rings, whose plain shoelace area may be 0.
         if len(points) >= 3 and shapely.make_valid(shapely.Polygon(points)).area > 0:
             kept.append(points)
     if not kept:
-        return None, False
+        return [], False
     all_points = np.concatenate(kept)
     outside = bool(all_points.min() < 0 or (all_points.max(axis=0) > (width, height)).any())
-    rle = mask_util.merge(mask_util.frPyObjects([p.ravel().tolist() for p in kept], height, width))
-    return rle, outside
+    return [points.ravel().tolist() for points in kept], outside
 
 
-def _checked_rle(rle: dict, height: int, width: int, where: str) -> dict:
-    """A compressed RLE from an uncompressed or compressed one, checked against the image size."""
-    if list(rle.get("size", [])) != [height, width]:
-        raise ValueError(
-            f"{where}: RLE size {rle.get('size')} differs from the image's {[height, width]}"
-        )
-    counts = rle.get("counts")
-    if isinstance(counts, list):
-        if sum(counts) != height * width or min(counts, default=-1) < 0:
-            raise ValueError(f"{where}: RLE runs do not cover the {height}x{width} image exactly")
-        return mask_util.frPyObjects(rle, height, width)
-    if isinstance(counts, (str, bytes)):
-        return {
-            "size": [height, width],
-            "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
-        }
-    raise ValueError(f"{where}: RLE 'counts' must be a list or a string")
-
-
-def _rasterise(
-    annotation: dict, height: int, width: int, where: str
-) -> tuple[_Geometry, _Instance | None]:
-    """Rasterise one annotation, keeping its tight box only; say how it fits the image."""
-    segmentation = annotation["segmentation"]
+def _rasterise(annotation: dict, height: int, width: int) -> tuple[_Geometry, _Instance | None]:
+    """
+    Rasterise one checked annotation over its tight box only, clipped to the image by
+    pycocotools as Detectron2 does; say how it fits the image.
+    """
+    segmentation, outside = annotation["segmentation"], False
     if isinstance(segmentation, list):
-        rle, outside = _polygon_rle(segmentation, height, width, where)
-        if rle is None:
+        segmentation, outside = _kept_polygons(segmentation, height, width)
+        if not segmentation:
             return _Geometry.DEGENERATE, None
-    elif isinstance(segmentation, dict):
-        rle, outside = _checked_rle(segmentation, height, width, where), False
-    else:
-        raise ValueError(f"{where}: 'segmentation' must be a polygon list or an RLE dict")
-    if mask_util.area(rle) == 0:
+    mask, (x0, y0) = decode_in_box(segmentation, height, width)
+    if mask.size == 0:
         # Nothing inside the image: either it all lies outside, or it is too thin to cover a pixel.
         return (_Geometry.OUTSIDE if outside else _Geometry.DEGENERATE), None
-    x0, y0, box_width, box_height = (int(v) for v in mask_util.toBbox(rle))
-    box = (x0, y0, x0 + box_width, y0 + box_height)
-    mask = mask_util.decode(rle)[box[1] : box[3], box[0] : box[2]].astype(bool)
+    box = (x0, y0, x0 + mask.shape[1], y0 + mask.shape[0])
     instance = _Instance(annotation, box, mask, int(np.count_nonzero(mask)))
     return (_Geometry.CLIPPED if outside else _Geometry.INSIDE), instance
 
@@ -241,80 +216,17 @@ def _tile_annotations(
     return per_window
 
 
-def _required(entry: dict, key: str, what: str, path: str):
-    if key not in entry:
-        raise ValueError(f"{path}: {what} has no '{key}'")
-    return entry[key]
-
-
-def _load_coco(path: str) -> dict:
-    """Read a COCO instance json and check the keys tiling relies on."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            coco = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"annotation file not found: {path}") from None
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(coco, dict):
-        raise ValueError(f"{path}: expected a JSON object with images, annotations and categories")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(coco.get(key), list):
-            raise ValueError(f"{path}: missing the '{key}' list")
-    category_ids = {_required(c, "id", "a category", path) for c in coco["categories"]}
-    image_ids = set()
-    for image in coco["images"]:
-        image_id = _required(image, "id", "an image", path)
-        _required(image, "file_name", f"image id {image_id}", path)
-        if image_id in image_ids:
-            raise ValueError(f"{path}: image id {image_id} appears twice")
-        image_ids.add(image_id)
-    for annotation in coco["annotations"]:
-        what = f"annotation id {_required(annotation, 'id', 'an annotation', path)}"
-        for key in ("image_id", "category_id", "segmentation"):
-            _required(annotation, key, what, path)
-        if annotation["image_id"] not in image_ids:
-            raise ValueError(f"{path}: {what} refers to unknown image_id {annotation['image_id']}")
-        if annotation["category_id"] not in category_ids:
-            raise ValueError(
-                f"{path}: {what} refers to unknown category_id {annotation['category_id']}"
-            )
-    return coco
-
-
-def _read_image(path: str, image_entry: dict) -> np.ndarray:
-    """(H, W, 3) BGR uint8; IMREAD_COLOR applies EXIF orientation, as Detectron2's reader does."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot decode image {path} (corrupt or not an image)")
-    expected = (image_entry.get("height", image.shape[0]), image_entry.get("width", image.shape[1]))
-    if image.shape[:2] != expected:
-        raise ValueError(
-            f"image {path} is {image.shape[1]}x{image.shape[0]} pixels but the annotation file "
-            f"says {expected[1]}x{expected[0]}"
-        )
-    return image
-
-
-def _check_output_dir(out_dir: str) -> None:
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise FileExistsError(f"output folder {out_dir} already exists and is not empty")
-
-
 def _check_image_files(image_dir: str, images: list[dict], annotations_json: str) -> None:
     """Fail before any work if an image is missing or two images would give the same tile names."""
-    stems = {}
     for image in images:
         path = os.path.join(image_dir, image["file_name"])
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image {path} (listed in {annotations_json}) not found")
-        stem = os.path.splitext(os.path.basename(image["file_name"]))[0]
-        if stem in stems:
-            raise ValueError(
-                f"{annotations_json}: images {stems[stem]} and {image['file_name']} would give "
-                f"tiles with the same names ('{stem}_x..._y....png')"
-            )
-        stems[stem] = image["file_name"]
+    check_distinct_names(images, _file_stem, annotations_json, "tile name prefix")
+
+
+def _file_stem(image: dict) -> str:
+    return os.path.splitext(os.path.basename(image["file_name"]))[0]
 
 
 def tile_coco_dataset(
@@ -337,7 +249,8 @@ def tile_coco_dataset(
 
     Args:
         image_dir: folder holding the images under their "file_name".
-        annotations_json: COCO json; segmentations as polygons, uncompressed or compressed RLE.
+        annotations_json: COCO json (checked by :func:`check_ground_truth` as a training set);
+            segmentations as polygons, uncompressed or compressed RLE.
         out_dir: receives images/<stem>_x<x0>_y<y0>.png and annotations.json (tile masks as
             compressed RLE with "source_id", "visible_fraction" and the source's extra keys;
             images with "source_image_id", "source_file" and "tile_box" [x0, y0, x1, y1]).
@@ -348,12 +261,21 @@ def tile_coco_dataset(
 
     Returns:
         The counts of the run. Tile annotations keep their source's "iscrowd" (0 if absent).
+
+    Raises:
+        FileExistsError: if `out_dir` is a file or a folder that is not empty.
+        FileNotFoundError: if `annotations_json` or an image is missing.
+        CocoFormatError: if `annotations_json` is not such a file, or an image's size is not the
+            one it gives.
+        OSError: if an image cannot be read.
     """
     _check_tiling_parameters(tile, overlap)
     if not 0 <= min_visible_fraction <= 1:
         raise ValueError(f"min_visible_fraction must be in [0, 1], got {min_visible_fraction}")
-    _check_output_dir(out_dir)
-    coco = _load_coco(annotations_json)
+    check_new_or_empty_folder(out_dir)
+    coco = read_coco_json(annotations_json)
+    # Degenerate polygons are counted and dropped, not refused.
+    check_ground_truth(coco, annotations_json, training_set=True, min_polygon_points=0)
     _check_image_files(image_dir, coco["images"], annotations_json)
 
     annotations_by_image = {image["id"]: [] for image in coco["images"]}
@@ -365,15 +287,19 @@ def tile_coco_dataset(
     with atomic_directory(out_dir) as staging_dir:
         tiles_dir = os.path.join(staging_dir, "images")
         os.makedirs(tiles_dir)
-        for image_entry in tqdm(
-            coco["images"], desc="tiling", unit="image", disable=not show_progress
+        for image_index, image_entry in enumerate(
+            tqdm(coco["images"], desc="tiling", unit="image", disable=not show_progress)
         ):
-            image = _read_image(os.path.join(image_dir, image_entry["file_name"]), image_entry)
-            height, width = image.shape[:2]
+            height, width = image_entry["height"], image_entry["width"]
+            image = read_image(
+                os.path.join(image_dir, image_entry["file_name"]),
+                (height, width),
+                annotations_json,
+                f"images[{image_index}]",
+            )
             instances = []
             for annotation in annotations_by_image[image_entry["id"]]:
-                where = f"{annotations_json}: annotation id {annotation['id']}"
-                geometry, instance = _rasterise(annotation, height, width, where)
+                geometry, instance = _rasterise(annotation, height, width)
                 summary.degenerate_dropped += geometry is _Geometry.DEGENERATE
                 summary.outside_dropped += geometry is _Geometry.OUTSIDE
                 summary.clipped_at_border += geometry is _Geometry.CLIPPED
@@ -383,7 +309,7 @@ def tile_coco_dataset(
 
             windows = tile_windows(width, height, tile, overlap)
             per_window = _tile_annotations(instances, windows, min_visible_fraction, summary)
-            stem = os.path.splitext(os.path.basename(image_entry["file_name"]))[0]
+            stem = _file_stem(image_entry)
             for (x0, y0, x1, y1), annotations in zip(windows, per_window, strict=True):
                 tile_id = len(tile_images) + 1
                 file_name = f"{stem}_x{x0}_y{y0}.png"
