@@ -1,10 +1,12 @@
 from . import registration as _  # noqa: F401  (registers the datasets)
+from .coco_input import CocoFormatError
 from .layout import DATASETS_ENV, DatasetLayoutError, check_dataset_files, datasets_root
 from .mapper import CheckedDatasetMapper, ImageReadError
 from .registration import ORE_CLASSES, ORE_SPLITS, SYNTHETIC_ORE_SPLITS, prepare_dataset
 
 __all__ = [
     "CheckedDatasetMapper",
+    "CocoFormatError",
     "ImageReadError",
     "DATASETS_ENV",
     "DatasetLayoutError",
