@@ -1,12 +1,18 @@
-"""Configs that know every registered project's keys."""
+"""Configs that know every registered project's keys, with their values checked."""
 
+import math
+
+import torch
 from detectron2.config import CfgNode, get_cfg
 
 from .projects import Project, inference_keys, registered_projects
 
 __all__ = [
     "ConfigCollisionError",
+    "ConfigValueError",
     "add_project_configs",
+    "check_config_values",
+    "check_device",
     "get_project_cfg",
     "set_detections_per_image",
     "set_test_score_threshold",
@@ -15,6 +21,10 @@ __all__ = [
 
 class ConfigCollisionError(ValueError):
     """A project's add_*_config replaces or extends a node that is not its own."""
+
+
+class ConfigValueError(ValueError):
+    """A config value out of its range; the message names the key and the value."""
 
 
 def _flatten(node: CfgNode, prefix: str = "") -> dict:
@@ -91,11 +101,64 @@ def add_project_configs(cfg: CfgNode, projects=None) -> CfgNode:
 
 
 def get_project_cfg(config_file: str, opts=()) -> CfgNode:
-    """A config with every project's keys, merged from `config_file` and KEY VALUE `opts`."""
+    """
+    A config with every project's keys, merged from `config_file` and KEY VALUE `opts`, its
+    values checked by :func:`check_config_values`.
+    """
     cfg = add_project_configs(get_cfg())
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    check_config_values(cfg)
     return cfg
+
+
+def _get(cfg: CfgNode, key: str):
+    node = cfg
+    for name in key.split("."):
+        node = node[name]
+    return node
+
+
+def _check(cfg: CfgNode, key: str, is_valid, expected: str) -> None:
+    values = _get(cfg, key)
+    for value in values if isinstance(values, (list, tuple)) else [values]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_valid(value):
+            raise ConfigValueError(f"{key} = {values!r}: expected {expected}")
+
+
+def check_config_values(cfg: CfgNode) -> None:
+    """
+    Check the values that Detectron2 would only trip over deep in a transform or a loop: input
+    sizes, batch, schedule, and the test keys the meta-architecture's project registered.
+
+    Raises:
+        ConfigValueError: naming the key and its value.
+    """
+    for key in ("INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MAX_SIZE_TEST"):
+        _check(cfg, key, lambda v: v >= 1, "sizes of at least 1 pixel")
+    _check(cfg, "INPUT.MIN_SIZE_TEST", lambda v: v >= 0, "a size >= 0 (0: no resizing)")
+    _check(cfg, "SOLVER.IMS_PER_BATCH", lambda v: v >= 1, "an integer >= 1")
+    _check(cfg, "SOLVER.MAX_ITER", lambda v: v >= 0, "an integer >= 0")
+    _check(cfg, "SOLVER.BASE_LR", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+    _check(cfg, "DATALOADER.NUM_WORKERS", lambda v: v >= 0, "an integer >= 0")
+    try:
+        keys = inference_keys(cfg.MODEL.META_ARCHITECTURE)
+    except KeyError:
+        return  # a meta-architecture no project registered: nothing more is known of it
+    _check(cfg, keys.score_thresh, lambda v: 0 <= v <= 1, "a score in [0, 1]")
+    _check(cfg, keys.detections_per_image, lambda v: v >= 1, "an integer >= 1")
+
+
+def check_device(cfg: CfgNode) -> None:
+    """Refuse a MODEL.DEVICE that this machine does not have, before a model is built on it."""
+    device = str(cfg.MODEL.DEVICE)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigValueError(
+            f"MODEL.DEVICE = {device!r}, but this machine has no CUDA GPU that PyTorch can use: "
+            "use cpu (--device cpu, or MODEL.DEVICE cpu)"
+        )
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ConfigValueError(f"MODEL.DEVICE = {device!r}: expected cpu, cuda or cuda:N")
 
 
 def _set(cfg: CfgNode, key: str, value) -> None:

@@ -1,7 +1,8 @@
 from . import registration as _  # noqa: F401  (registers the datasets)
 from .coco_input import CocoFormatError
+from .images import ImageReadError, read_image
 from .layout import DATASETS_ENV, DatasetLayoutError, check_dataset_files, datasets_root
-from .mapper import CheckedDatasetMapper, ImageReadError
+from .mapper import CheckedDatasetMapper
 from .registration import ORE_CLASSES, ORE_SPLITS, SYNTHETIC_ORE_SPLITS, prepare_dataset
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "check_dataset_files",
     "datasets_root",
     "prepare_dataset",
+    "read_image",
 ]

@@ -1,10 +1,8 @@
 from detectron2.data import DatasetMapper
 
-__all__ = ["ImageReadError", "CheckedDatasetMapper"]
+from .images import ImageReadError
 
-
-class ImageReadError(OSError):
-    """An image of a dataset is missing, unreadable or truncated."""
+__all__ = ["CheckedDatasetMapper"]
 
 
 class CheckedDatasetMapper(DatasetMapper):

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from detectron2.data.detection_utils import read_image
+
+from ..data.images import ImageReadError, read_image
 
 __all__ = [
     "Frame",
@@ -100,11 +101,11 @@ def read_frames(path: str, used_names: set, every_nth_frame: int = 1) -> Iterato
     name = _unique_name(path, used_names)
     if not path.lower().endswith(VIDEO_EXTENSIONS):
         try:
-            image = read_image(path, format="BGR")
-        except (OSError, ValueError, SyntaxError) as e:
-            yield Unreadable(path, f"cannot read the image: {e}")
+            image = read_image(path)
+        except ImageReadError as e:
+            yield Unreadable(path, str(e))
             return
-        yield Frame(name, path, None, np.ascontiguousarray(image))
+        yield Frame(name, path, None, image)
         return
 
     capture = cv2.VideoCapture(path)
