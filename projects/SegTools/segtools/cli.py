@@ -64,10 +64,12 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, er
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    if isinstance(error, OSError) and error.filename and error.filename not in text:
-        text = f"{error.filename}: {text}"
-    return text or type(error).__name__
+    if isinstance(error, OSError) and error.strerror:
+        # The system's own errors: "path: reason", without Python's "[Errno N]".
+        text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    else:
+        text = str(error)
+    return " ".join(text.split()) or type(error).__name__
 
 
 def _raise_terminated(signum, frame):
