@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
+from detectron2.config import CfgNode as CN
 from torch import nn
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "InferenceKeys",
     "Project",
+    "add_segtools_config",
     "inference_keys",
     "registered_projects",
 ]
@@ -70,9 +72,20 @@ class Project:
     smoke_opts: tuple[str, ...] = ()
 
 
-# Detectron2's own meta-architectures that this repository's configs use.
+def add_segtools_config(cfg) -> None:
+    """Add the config keys of the shared layer (segtools), under its own node SEGTOOLS."""
+    cfg.SEGTOOLS = CN()
+    # Evaluation options that any config may turn on, whatever its model.
+    cfg.SEGTOOLS.EVAL = CN()
+    # Boundary AP (Cheng et al., CVPR 2021) beside mask AP, for COCO-style datasets.
+    cfg.SEGTOOLS.EVAL.BOUNDARY_AP = False
+
+
+# Detectron2's own meta-architectures that this repository's configs use, and the config keys
+# of the shared layer.
 DETECTRON2 = Project(
     name="Detectron2",
+    add_config=add_segtools_config,
     inference_keys={
         "GeneralizedRCNN": InferenceKeys("MODEL.ROI_HEADS.SCORE_THRESH_TEST"),
         "PanopticFPN": InferenceKeys("MODEL.ROI_HEADS.SCORE_THRESH_TEST"),
