@@ -6,23 +6,35 @@ Predict instances on images, folders and videos with any model of this repositor
         --weights output/losnet_MV3S_ore_synthetic/model_final.pth \\
         --input photos/ belt.mp4 --output predictions/ \\
         [--device cpu|cuda] [--score-thresh 0.3] [--tile 640 --overlap 128] \\
-        [--psd --mm-per-px 0.5] [KEY VALUE ...]
+        [--psd --mm-per-px 0.5] [-- KEY VALUE ...]
 
-Built on Detectron2's DefaultPredictor (the config's test resize and input format). Folders are
-searched recursively for images and videos; every n-th frame of a video is predicted. Per image the
-output folder (new or empty) receives:
+Config overrides, KEY VALUE pairs, go after `--`: --input takes several paths, so pairs typed
+after it would be read as inputs (an input that reads as a config key is refused with this hint).
 
-    <name>.png    the instances drawn by Detectron2's Visualizer
-    <name>.json   COCO results (RLE masks, 1-based category ids) of that image
+Built on Detectron2's DefaultPredictor (the config's test resize and input format). The weights
+must be a checkpoint of the config's model (--allow-partial-weights loads what matches and leaves
+the rest as initialised). Folders are searched recursively for images and videos; every n-th
+frame of a video is predicted. The output folder (new or empty) receives:
 
-and for the run `results.json` (all COCO results) and `summary.json` (settings, skipped inputs and
-why, and per image_id its name, source, size, instance count and prediction time).
+    summary.json          the settings; per image its name, source, size, instance count and
+                          prediction time; the skipped inputs and why; "complete", and if the
+                          run stopped, what failed and the inputs not predicted in full
+    results.json          COCO results (RLE masks, 1-based category ids) of all images
+    images/<name>.png     per image: the instances drawn by Detectron2's Visualizer
+    images/<name>.json    per image: its COCO results
+    psd/all/              with --psd: the run's particle-size report (sieve curve, D-values, CSVs)
+    psd/images/<name>/    with --psd: each image's particle-size report
+
+<name> is the input file's name without its extension (a video frame's: <name>_frame000012),
+followed by _2, _3, ... where it would equal an earlier one regardless of case. The run's files
+and the images' files never share a folder, so no input's name collides with another output.
 With --tile, large photos are predicted window by window (segtools.inference.TiledPredictor).
-With --psd, particle-size reports (sieve curve, D-values, CSVs) are written under psd/<name>/ and
-for the whole run under psd/all/.
 
-An input that cannot be read is named, skipped and counted, and the rest goes on; the exit code
-is then 1. Every file is written whole or not at all.
+A mistake in the arguments, config, weights or output folder stops the tool before it writes
+anything, with one line on stderr and exit code 2. An input that cannot be read is named, skipped
+and counted, and the rest goes on; the exit code is then 1. A run stopped by a fault (a full
+disk, Ctrl-C) keeps what it wrote, and its summary.json names what failed (if the disk still
+takes it); the exit code is then not 0. Every file is written whole or not at all.
 """
 
 import argparse
@@ -31,9 +43,31 @@ import sys
 
 from segtools.analysis import EDGE_MODES, LENGTH_MEASURES
 from segtools.atomic_io import check_new_or_empty_folder
-from segtools.config import get_project_cfg, set_test_score_threshold
+from segtools.cli import (
+    UsageError,
+    bounded_float,
+    bounded_int,
+    refuse_config_keys_as_paths,
+    run_tool,
+    split_overrides,
+)
+from segtools.config import check_device, get_project_cfg, set_test_score_threshold
 from segtools.inference import collect_inputs
 from segtools.inference.run import PsdOptions, build_predictor, predict_to_folder
+
+# Smallest --tile, in pixels.
+MIN_TILE = 32
+
+
+def tile_size(text: str) -> int:
+    """An argparse type: a window side of at least MIN_TILE pixels."""
+    try:
+        return bounded_int(MIN_TILE)(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(
+            f"{e}: smaller windows see too little of a particle, and a photo would take "
+            "thousands of them"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,75 +75,102 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--weights", required=True, help="trained weights (.pth)")
+    parser.add_argument("--weights", required=True, help="trained weights (.pth, .pkl)")
+    parser.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="load the weights that match the model instead of refusing another model's",
+    )
     parser.add_argument("--input", nargs="+", required=True, help="images, folders, videos")
     parser.add_argument("--output", required=True, help="output folder (new or empty)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--score-thresh", type=float, help="override the config's threshold")
-    parser.add_argument("--tile", type=int, help="predict windows of this size (training tile)")
-    parser.add_argument("--overlap", type=int, default=128, help="window overlap with --tile")
+    parser.add_argument(
+        "--score-thresh", type=bounded_float(0, 1), help="override the config's threshold"
+    )
+    parser.add_argument(
+        "--tile", type=tile_size, help="predict windows of this size (the training tile)"
+    )
+    parser.add_argument(
+        "--overlap", type=bounded_int(0), default=128, help="window overlap with --tile"
+    )
     parser.add_argument(
         "--merge-iou",
-        type=float,
+        type=bounded_float(0, 1, include_minimum=False),
         default=0.5,
         help="views of neighbouring windows whose masks agree by this IoU where both windows "
         "see the image are one particle",
     )
-    parser.add_argument("--every-nth-frame", type=int, default=1, help="video frames to predict")
+    parser.add_argument(
+        "--every-nth-frame", type=bounded_int(1), default=1, help="video frames to predict"
+    )
     parser.add_argument("--psd", action="store_true", help="write particle-size reports")
-    parser.add_argument("--mm-per-px", type=float, help="scale of the images (with --psd)")
+    parser.add_argument(
+        "--mm-per-px",
+        type=bounded_float(0, include_minimum=False),
+        help="scale of the images (with --psd)",
+    )
     parser.add_argument("--edge-mode", default="include", choices=EDGE_MODES)
     parser.add_argument("--size-measure", default="ecd", choices=LENGTH_MEASURES)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return parser
 
 
-def check_args(parser, args) -> None:
-    if not os.path.isfile(args.config_file):
-        parser.error(f"--config-file: no such file: {args.config_file}")
-    if not os.path.isfile(args.weights):
-        parser.error(f"--weights: no such file: {args.weights}")
-    try:
-        check_new_or_empty_folder(args.output, "--output")
-    except FileExistsError as e:
-        parser.error(str(e))
-    if args.psd and (args.mm_per_px is None or not args.mm_per_px > 0):
-        parser.error(f"--psd needs --mm-per-px > 0, got {args.mm_per_px}")
-    if args.tile is not None and not 0 <= args.overlap < args.tile:
-        parser.error(
-            f"--overlap must be in [0, --tile), got {args.overlap} with --tile {args.tile}"
+def parse_args(argv) -> tuple:
+    """(the parsed arguments, the config overrides after --), checked before anything is read."""
+    own, opts = split_overrides(argv)
+    args, unknown = build_parser().parse_known_args(own)
+    if unknown:
+        raise UsageError(
+            f"unrecognized arguments: {' '.join(unknown)} (config KEY VALUE overrides go after "
+            "--, e.g. ... -- MODEL.DEVICE cpu)"
         )
-    if args.every_nth_frame < 1:
-        parser.error(f"--every-nth-frame must be >= 1, got {args.every_nth_frame}")
-    if args.score_thresh is not None and not 0 <= args.score_thresh <= 1:
-        parser.error(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+    if len(opts) % 2:
+        raise UsageError(f"the overrides after -- must be KEY VALUE pairs, got {' '.join(opts)}")
+    refuse_config_keys_as_paths(args.input, "--input")
+    if args.psd and args.mm_per_px is None:
+        raise UsageError("--psd needs --mm-per-px, the scale of the images")
+    if args.tile is not None and args.overlap >= args.tile:
+        raise UsageError(f"--overlap {args.overlap} must be smaller than --tile {args.tile}")
+    for flag, path in (("--config-file", args.config_file), ("--weights", args.weights)):
+        if not os.path.isfile(path):
+            raise UsageError(f"{flag} {path}: no such file")
+    check_new_or_empty_folder(args.output, "--output")
+    return args, opts
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_args(parser, args)
-    cfg = get_project_cfg(args.config_file, args.opts)
+def load_config(args, opts):
+    """The frozen config of the run, its values and device checked."""
+    cfg = get_project_cfg(args.config_file, opts)
     cfg.MODEL.WEIGHTS = args.weights
     cfg.MODEL.DEVICE = args.device
     if args.score_thresh is not None:
         try:
             set_test_score_threshold(cfg, args.score_thresh)
         except KeyError as e:
-            parser.error(f"--score-thresh: {e.args[0]}")
+            raise UsageError(f"--score-thresh: {e.args[0]}") from None
+    check_device(cfg)
     cfg.freeze()
+    return cfg
+
+
+def main(argv=None) -> int:
+    args, opts = parse_args(argv)
+    cfg = load_config(args, opts)
     files, skipped = collect_inputs(args.input)
+    if not files:
+        reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped)
+        raise UsageError(f"--input: no image or video to predict ({reasons})")
     for problem in skipped:
         print(f"skipped {problem.source}: {problem.reason}", file=sys.stderr)
-    if not files:
-        print("error: no image or video to predict", file=sys.stderr)
-        return 2
 
-    predict, metadata = build_predictor(cfg, args.tile, args.overlap, args.merge_iou)
+    predict, metadata = build_predictor(
+        cfg, args.allow_partial_weights, args.tile, args.overlap, args.merge_iou
+    )
     psd = PsdOptions(args.mm_per_px, args.size_measure, args.edge_mode) if args.psd else None
     settings = {
         "config_file": args.config_file,
+        "overrides": opts,
         "weights": args.weights,
+        "allow_partial_weights": args.allow_partial_weights,
         "device": args.device,
         "tile": args.tile,
         "overlap": args.overlap if args.tile else None,
@@ -125,4 +186,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -1,4 +1,7 @@
-"""scripts/predict.py end to end on a folder with good, corrupt and truncated images and videos."""
+"""
+scripts/predict.py end to end on a folder with good, corrupt and truncated images and videos;
+bad arguments and faults are in test_bad_inputs_predict.py.
+"""
 
 import json
 import os
@@ -9,6 +12,7 @@ import torch
 from detectron2.modeling import build_model
 
 from segtools.batch_norm import calibrate_batch_norms
+from segtools.cli import run_tool
 from segtools.config import get_project_cfg
 from segtools.data.synthetic_ore import render_synthetic_ore_image
 from segtools.projects import inference_keys, registered_projects
@@ -49,15 +53,16 @@ def inputs(tmp_path_factory):
     return root
 
 
-def run(*args):
-    return predict.main([str(a) for a in args])
+def run(*args, opts=OPTS):
+    """predict.py's exit code with `args`, and the config overrides `opts` after --."""
+    return run_tool(predict.main, [str(a) for a in (*args, "--", *opts)])
 
 
 def test_folder_with_bad_files(weights, inputs, tmp_path):
     out = tmp_path / "out"
     code = run(
         "--config-file", CONFIG, "--weights", weights, "--input", inputs, "--output", out,
-        "--psd", "--mm-per-px", "0.5", *OPTS,
+        "--psd", "--mm-per-px", "0.5",
     )  # fmt: skip
     assert code == 1  # some inputs were skipped
     with open(out / "summary.json") as f:
@@ -67,38 +72,30 @@ def test_folder_with_bad_files(weights, inputs, tmp_path):
     assert set(skipped) == {"corrupt.png", "truncated.jpg"}
     assert all("cannot read the image" in reason for reason in skipped.values())
     for name in ("a", "b"):
-        assert cv2.imread(str(out / f"{name}.png")).shape == (96, 128, 3)
-        with open(out / f"{name}.json") as f:
+        assert cv2.imread(str(out / "images" / f"{name}.png")).shape == (96, 128, 3)
+        with open(out / "images" / f"{name}.json") as f:
             results = json.load(f)
         assert len(results) == 8
         assert {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(results[0])
         assert results[0]["segmentation"]["size"] == [96, 128]
-        assert os.path.isfile(out / "psd" / name / "summary.json")
+        assert os.path.isfile(out / "psd" / "images" / name / "summary.json")
     with open(out / "results.json") as f:
         assert len(json.load(f)) == 16
     for report in ("particles.csv", "distribution.csv", "summary.json", "psd.png"):
         assert os.path.isfile(out / "psd" / "all" / report)
-    assert not [n for n in os.listdir(out) if n.startswith(".tmp")]  # nothing half-written
+    assert summary["complete"] and summary["failure"] is None and summary["not_predicted"] == []
+    written = [name for _, _, names in os.walk(out) for name in names]
+    assert not [name for name in written if name.startswith(".tmp")]  # nothing half-written
 
 
 def test_tiled_equals_untiled_when_the_image_fits_one_tile(weights, inputs, tmp_path):
     image = inputs / "a.png"
-    run(
-        "--config-file",
-        CONFIG,
-        "--weights",
-        weights,
-        "--input",
-        image,
-        "--output",
-        tmp_path / "u",
-        *OPTS,
-    )
+    run("--config-file", CONFIG, "--weights", weights, "--input", image, "--output", tmp_path / "u")
     run(
         "--config-file", CONFIG, "--weights", weights, "--input", image, "--output", tmp_path / "t",
-        "--tile", "256", "--overlap", "64", *OPTS,
+        "--tile", "256", "--overlap", "64",
     )  # fmt: skip
-    with open(tmp_path / "u" / "a.json") as f, open(tmp_path / "t" / "a.json") as g:
+    with open(tmp_path / "u/images/a.json") as f, open(tmp_path / "t/images/a.json") as g:
         assert json.load(f) == json.load(g)
 
 
@@ -107,10 +104,10 @@ def test_tiled_prediction_of_a_larger_photo(weights, tmp_path):
     cv2.imwrite(str(photo), render_synthetic_ore_image(seed=9, index=1, size=(300, 200)).image)
     code = run(
         "--config-file", CONFIG, "--weights", weights, "--input", photo, "--output", tmp_path / "o",
-        "--tile", "128", "--overlap", "32", *OPTS,
+        "--tile", "128", "--overlap", "32",
     )  # fmt: skip
     assert code == 0
-    with open(tmp_path / "o" / "large.json") as f:
+    with open(tmp_path / "o" / "images" / "large.json") as f:
         results = json.load(f)
     assert results and all(r["segmentation"]["size"] == [200, 300] for r in results)
 
@@ -124,13 +121,13 @@ def test_video_frames_and_an_undecodable_video(weights, tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
     code = run(
         "--config-file", CONFIG, "--weights", weights, "--input", video, tmp_path / "broken.mp4",
-        "--output", tmp_path / "o", "--every-nth-frame", "2", *OPTS,
+        "--output", tmp_path / "o", "--every-nth-frame", "2",
     )  # fmt: skip
     assert code == 1
     with open(tmp_path / "o" / "summary.json") as f:
         summary = json.load(f)
     assert [i["frame_index"] for i in summary["images"]] == [0, 2]
-    assert os.path.isfile(tmp_path / "o" / "belt_frame000002.png")
+    assert os.path.isfile(tmp_path / "o" / "images" / "belt_frame000002.png")
     assert [os.path.basename(s["source"]) for s in summary["skipped"]] == ["broken.mp4"]
 
 
@@ -139,41 +136,15 @@ def test_no_detection_gives_empty_valid_outputs(weights, inputs, tmp_path):
     code = run(
         "--config-file", CONFIG, "--weights", weights, "--input", inputs / "a.png",
         "--output", out, "--psd", "--mm-per-px", "0.5",
-        *OPTS, "MODEL.LOSNET.SCORE_THRESH_TEST", "1.0",
+        opts=[*OPTS, "MODEL.LOSNET.SCORE_THRESH_TEST", "1.0"],
     )  # fmt: skip
     assert code == 0
-    with open(out / "a.json") as f:
+    with open(out / "images" / "a.json") as f:
         assert json.load(f) == []
-    with open(out / "psd" / "a" / "summary.json") as f:
+    with open(out / "psd" / "images" / "a" / "summary.json") as f:
         summary = json.load(f)
     assert summary["counts"]["particles"] == 0 and summary["d_values_mm"]["count"]["D50"] is None
-    assert cv2.imread(str(out / "a.png")).shape == (96, 128, 3)
-
-
-def test_empty_folder_and_bad_arguments(weights, tmp_path, capsys):
-    os.makedirs(tmp_path / "empty")
-    assert run("--config-file", CONFIG, "--weights", weights, "--input", tmp_path / "empty",
-               "--output", tmp_path / "o") == 2  # fmt: skip
-    assert "no images or videos" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        run("--config-file", CONFIG, "--weights", weights, "--input", tmp_path, "--output",
-            tmp_path / "o2", "--psd", "--mm-per-px", "0")  # fmt: skip
-    assert "--mm-per-px > 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        run("--config-file", CONFIG, "--weights", tmp_path / "absent.pth", "--input", tmp_path,
-            "--output", tmp_path / "o3")  # fmt: skip
-    assert "absent.pth" in capsys.readouterr().err
-
-
-def test_score_threshold_of_an_unregistered_meta_architecture_is_refused(weights, tmp_path, capsys):
-    config = tmp_path / "semantic.yaml"
-    config.write_text(f'_BASE_: "{CONFIG}"\nMODEL:\n  META_ARCHITECTURE: "SemanticSegmentor"\n')
-    with pytest.raises(SystemExit):
-        run("--config-file", config, "--weights", weights, "--input", tmp_path,
-            "--output", tmp_path / "out", "--score-thresh", "0.3")  # fmt: skip
-    error = capsys.readouterr().err
-    assert "--score-thresh" in error and "'SemanticSegmentor'" in error
-    assert not os.path.exists(tmp_path / "out")
+    assert cv2.imread(str(out / "images" / "a.png")).shape == (96, 128, 3)
 
 
 @pytest.mark.parametrize("project", registered_projects(), ids=lambda p: p.name)
@@ -193,7 +164,7 @@ def test_score_threshold_applies_to_every_registered_model(project, inputs, tmp_
     def scores(threshold):
         out = tmp_path / f"out_{threshold}"
         run("--config-file", config, "--weights", weights, "--input", inputs / "a.png",
-            "--output", out, "--score-thresh", threshold, *opts)  # fmt: skip
+            "--output", out, "--score-thresh", threshold, opts=opts)  # fmt: skip
         with open(out / "results.json") as f:
             return sorted(r["score"] for r in json.load(f))
 

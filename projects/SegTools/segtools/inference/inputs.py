@@ -81,12 +81,18 @@ def collect_inputs(paths) -> tuple[list, list]:
     return files, problems
 
 
-def _unique_name(path: str, used: set) -> str:
-    stem = os.path.splitext(os.path.basename(path))[0]
+def _unique_name(stem: str, used: set) -> str:
+    """
+    `stem`, or `stem_2`, `stem_3`, ...: a name no earlier output of the run has, compared without
+    case (a case-insensitive file system would make `A` and `a` one file).
+
+    Args:
+        used: the case-folded names already given; updated.
+    """
     name, suffix = stem, 2
-    while name in used:
+    while name.casefold() in used:
         name, suffix = f"{stem}_{suffix}", suffix + 1
-    used.add(name)
+    used.add(name.casefold())
     return name
 
 
@@ -96,9 +102,11 @@ def read_frames(path: str, used_names: set, every_nth_frame: int = 1) -> Iterato
     :class:`Unreadable` if the file cannot be decoded (missing, corrupt, truncated, not media).
 
     Args:
-        used_names: names already given in the run; updated.
+        used_names: the names already given in the run (case-folded); updated. Each frame's name
+            is unique among them: files of the same stem (in other folders, with other
+            extensions, differing in case) and video frames never share one.
     """
-    name = _unique_name(path, used_names)
+    name = _unique_name(os.path.splitext(os.path.basename(path))[0], used_names)
     if not path.lower().endswith(VIDEO_EXTENSIONS):
         try:
             image = read_image(path)
@@ -119,7 +127,8 @@ def read_frames(path: str, used_names: set, every_nth_frame: int = 1) -> Iterato
             if not ok:
                 break
             if index % every_nth_frame == 0:
-                yield Frame(f"{name}_frame{index:06d}", path, index, image)
+                frame_name = _unique_name(f"{name}_frame{index:06d}", used_names)
+                yield Frame(frame_name, path, index, image)
             index += 1
         if index == 0:
             yield Unreadable(path, "the video has no frame that can be decoded")
