@@ -1,4 +1,4 @@
-"""Evaluators end to end: ground truth submitted as predictions scores AP 100."""
+"""Evaluators end to end: ground truth submitted as predictions scores AP (and Boundary AP) 100."""
 
 import glob
 import os
@@ -9,15 +9,19 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import BitMasks, Boxes, Instances
 
 import segtools  # noqa: F401  (registers the datasets)
 from segtools.data.coco_format import decode_segmentation
+from segtools.data.synthetic_ore import generate_synthetic_ore
 from segtools.evaluation import (
     CityscapesSubsetInstanceEvaluator,
+    COCOBoundaryEvaluator,
     LVISEvaluatorNumpyCompat,
     build_evaluator,
 )
+from segtools.projects import add_segtools_config
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +140,63 @@ def test_unknown_evaluator_type_is_named():
     MetadataCatalog.get("test_unknown_evaluator").set(evaluator_type="sem_seg")
     with pytest.raises(NotImplementedError, match="test_unknown_evaluator.*sem_seg"):
         build_evaluator(cfg_with_max_dets(), "test_unknown_evaluator", "/tmp")
+
+
+def cfg_with_boundary_ap(max_dets=100):
+    cfg = cfg_with_max_dets(max_dets)
+    add_segtools_config(cfg)
+    cfg.SEGTOOLS.EVAL.BOUNDARY_AP = True
+    return cfg
+
+
+def test_boundary_ap_scores_ground_truth_100(root, tmp_path):
+    # COCO's category ids (1, 3, 8 here) are not the contiguous ones of the predictions.
+    evaluator = build_evaluator(cfg_with_boundary_ap(), "coco_2017_val", str(tmp_path))
+    assert isinstance(evaluator, COCOBoundaryEvaluator)
+    results = evaluate_ground_truth(evaluator, "coco_2017_val")
+    assert results["boundary"]["AP"] == pytest.approx(100.0)
+    assert results["boundary"]["AP75"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+
+
+@pytest.fixture(scope="module")
+def synthetic_ore(tmp_path_factory):
+    """Four 128 x 128 synthetic ore images (RLE masks), registered as a COCO-style dataset."""
+    name = "test_boundary_ap_synthetic_ore"
+    folder = str(tmp_path_factory.mktemp("ore"))
+    json_file = generate_synthetic_ore(folder, 4, seed=0, size=(128, 128), show_progress=False)
+    register_coco_instances(name, {}, json_file, os.path.join(folder, "images"))
+    return name
+
+
+def test_boundary_ap_scores_ground_truth_100_on_synthetic_ore(synthetic_ore, tmp_path):
+    evaluator = build_evaluator(cfg_with_boundary_ap(300), synthetic_ore, str(tmp_path))
+    results = evaluate_ground_truth(evaluator, synthetic_ore)
+    assert results["boundary"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+
+
+def test_boundary_ap_is_stricter_than_mask_ap_on_coarse_masks(synthetic_ore, tmp_path):
+    """Masks grown by one pixel keep much of their mask IoU but move every boundary pixel."""
+    evaluator = build_evaluator(cfg_with_boundary_ap(300), synthetic_ore, str(tmp_path))
+    evaluator.reset()
+    kernel = np.ones((3, 3), np.uint8)
+    for record in DatasetCatalog.get(synthetic_ore):
+        height, width = record["height"], record["width"]
+        masks = [
+            cv2.dilate(
+                decode_segmentation(a["segmentation"], height, width).astype(np.uint8), kernel
+            )
+            for a in record["annotations"]
+        ]
+        inputs = [{"image_id": record["image_id"], "file_name": record["file_name"]}]
+        predictions = predictions_from_masks(height, width, masks, [0] * len(masks))
+        evaluator.process(inputs, [{"instances": predictions}])
+    results = evaluator.evaluate()
+    assert results["boundary"]["AP"] < results["segm"]["AP"] - 5, results
+
+
+def test_boundary_ap_is_refused_for_lvis_by_name(root, tmp_path):
+    with pytest.raises(ValueError, match=r"SEGTOOLS.EVAL.BOUNDARY_AP = True.*'lvis'"):
+        build_evaluator(cfg_with_boundary_ap(), "lvis_v1_val", str(tmp_path))

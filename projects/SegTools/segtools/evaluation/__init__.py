@@ -1,9 +1,11 @@
+from .boundary import COCOBoundaryEvaluator
 from .build import build_evaluator
 from .cityscapes import CityscapesInstanceEvaluatorNumpyCompat, CityscapesSubsetInstanceEvaluator
 from .compat import cityscapes_evaluation_compat, removed_numpy_aliases
 from .lvis import LVISEvaluatorNumpyCompat
 
 __all__ = [
+    "COCOBoundaryEvaluator",
     "CityscapesInstanceEvaluatorNumpyCompat",
     "CityscapesSubsetInstanceEvaluator",
     "LVISEvaluatorNumpyCompat",

@@ -6,6 +6,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 from ..data.cityscapes_street import ensure_cityscapes_supported
+from .boundary import COCOBoundaryEvaluator
 from .cityscapes import CityscapesInstanceEvaluatorNumpyCompat, CityscapesSubsetInstanceEvaluator
 from .lvis import LVISEvaluatorNumpyCompat
 
@@ -22,12 +23,23 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str):
     * "cityscapes_instance": CityscapesInstanceEvaluator (the 8 classes);
     * "cityscapes_instance_subset": the Cityscapes evaluator averaged over the dataset's own
       classes, plus COCO-style AP.
+
+    With SEGTOOLS.EVAL.BOUNDARY_AP, the COCO-style evaluators also give Boundary AP (results key
+    "boundary"); a config without the SEGTOOLS node (plain Detectron2) does not ask for it.
     """
     evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None)
     max_dets = cfg.TEST.DETECTIONS_PER_IMAGE
+    boundary_ap = "SEGTOOLS" in cfg and cfg.SEGTOOLS.EVAL.BOUNDARY_AP
+    if boundary_ap and evaluator_type not in ("coco", "cityscapes_instance_subset"):
+        raise ValueError(
+            f"SEGTOOLS.EVAL.BOUNDARY_AP = True, but dataset '{dataset_name}' is evaluated by "
+            f"evaluator_type={evaluator_type!r}: Boundary AP needs a COCO-style evaluator "
+            "(coco, cityscapes_instance_subset); set it to False"
+        )
+    coco_evaluator = COCOBoundaryEvaluator if boundary_ap else COCOEvaluator
     os.makedirs(output_folder, exist_ok=True)
     if evaluator_type == "coco":
-        return COCOEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets)
+        return coco_evaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets)
     if evaluator_type == "lvis":
         return LVISEvaluatorNumpyCompat(
             dataset_name, output_dir=output_folder, max_dets_per_image=max_dets
@@ -40,7 +52,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str):
         return DatasetEvaluators(
             [
                 CityscapesSubsetInstanceEvaluator(dataset_name),
-                COCOEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets),
+                coco_evaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets),
             ]
         )
     raise NotImplementedError(
