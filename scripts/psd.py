@@ -9,10 +9,20 @@ measures every particle and writes a new folder --out:
     <out>/all/             the whole run: particles.csv, distribution.csv, summary.json, psd.png
     <out>/images/<name>/   the same for each image, plus overlay.png when --images is given
     <out>/d_values.csv     the D-values table that is also printed
+    <out>/skipped.csv      the annotations not measured, with why (see below)
 
 <name> is the image's file name without extension, or image_<id> for predictions. With --images,
 ground-truth images are found by their file_name, predictions by a file named after the image id
 (e.g. 17.png or 000017.jpg). The folder appears complete or not at all.
+
+Refused, with the file, entry, key and value named (exit code 2, nothing written): a polygon
+coordinate that is NaN or infinite, an RLE whose runs do not cover its [height, width], an image
+of 0 pixels (height or width 0, or an RLE "size" with a 0), a score that is NaN or infinite, ids
+that are not integers or repeat, a photo that is truncated or not an image. A polygon reaching
+outside its image is clipped to it. An annotation without a pixel in its image (empty
+segmentation, no area or thinner than a pixel, wholly outside the image) is not measured: the run
+prints how many were skipped and why, counts them in each summary.json and d_values.csv, and
+lists them in skipped.csv.
 
 Example:
     python scripts/psd.py --coco-json output/inference/coco_instances_results.json \\
@@ -20,18 +30,10 @@ Example:
 """
 
 import argparse
-import math
 import sys
 
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+from segtools.analysis import EDGE_MODES, LENGTH_MEASURES, write_coco_psd_reports
+from segtools.cli import bounded_float, run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,23 +42,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--coco-json", required=True, help="COCO ground truth or results list")
     parser.add_argument("--images", help="image folder; when given, also write size overlays")
-    parser.add_argument("--mm-per-px", required=True, type=_positive_float, help="scale, > 0")
+    parser.add_argument(
+        "--mm-per-px",
+        required=True,
+        type=bounded_float(0.0, include_minimum=False),
+        help="scale, > 0",
+    )
     parser.add_argument("--out", required=True, help="output folder (new or empty)")
     parser.add_argument("--exclude-edge", action="store_true", help="same as --edge-mode exclude")
     parser.add_argument(
         "--edge-mode",
+        choices=EDGE_MODES,
         help="particles touching the image border: exclude, include (default) or "
         "miles-lantuejoul (excluded, interior ones weighted)",
     )
     parser.add_argument(
         "--size-measure",
         default="ecd",
-        help="ecd (default, equivalent-circle diameter), feret_min, feret_max, rect_width, "
-        "rect_length, ellipse_major or ellipse_minor",
+        choices=LENGTH_MEASURES,
+        metavar="MEASURE",
+        help=f"one of {', '.join(LENGTH_MEASURES)} (default: ecd, equivalent-circle diameter)",
     )
     parser.add_argument(
-        "--score-thresh", type=float, default=0.0, help="drop predictions scoring below it"
+        "--score-thresh",
+        type=bounded_float(0.0, 1.0),
+        default=0.0,
+        help="drop predictions scoring below it, in [0, 1]",
     )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -65,36 +78,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.exclude_edge and args.edge_mode not in (None, "exclude"):
         parser.error(f"--exclude-edge contradicts --edge-mode {args.edge_mode}")
-    edge_mode = "exclude" if args.exclude_edge else (args.edge_mode or "include")
-
-    # Imported after parsing, to answer --help and argument errors at once: segtools imports
-    # Detectron2 (seconds).
-    from segtools.analysis import EDGE_MODES, LENGTH_MEASURES, write_coco_psd_reports
-    from segtools.data.coco_input import CocoFormatError
-
-    if edge_mode not in EDGE_MODES:
-        parser.error(f"--edge-mode: {edge_mode!r} is not one of {', '.join(EDGE_MODES)}")
-    if args.size_measure not in LENGTH_MEASURES:
-        parser.error(
-            f"--size-measure: {args.size_measure!r} is not one of {', '.join(LENGTH_MEASURES)}"
-        )
-    try:
-        table = write_coco_psd_reports(
-            args.coco_json,
-            args.out,
-            args.mm_per_px,
-            image_dir=args.images,
-            measure=args.size_measure,
-            edge_mode=edge_mode,
-            score_thresh=args.score_thresh,
-        )
-    except (OSError, CocoFormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    table = write_coco_psd_reports(
+        args.coco_json,
+        args.out,
+        args.mm_per_px,
+        image_dir=args.images,
+        measure=args.size_measure,
+        edge_mode="exclude" if args.exclude_edge else (args.edge_mode or "include"),
+        score_thresh=args.score_thresh,
+        show_progress=not args.no_progress,
+    )
     print(table)
     print(f"Reports written to {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -7,14 +7,17 @@ import re
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 
 from segtools.data.coco_format import (
+    Placement,
     decode_in_box,
     decode_segmentation,
     encode_mask,
     frame_runs,
     mask_box,
+    place_segmentation,
 )
 from segtools.data.coco_input import (
     CocoFormatError,
@@ -24,6 +27,7 @@ from segtools.data.coco_input import (
     read_coco_json,
     read_image,
 )
+from segtools.data.images import ImageReadError
 
 HEIGHT, WIDTH = 23, 31
 
@@ -159,6 +163,64 @@ def test_polygons_decoded_in_box_equal_full_decode(polygons):
     _assert_box_decode_is_exact(polygons, 23, 31)
 
 
+def _frame_of(rows: slice, columns: slice) -> np.ndarray:
+    frame = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    frame[rows, columns] = True
+    return frame
+
+
+@pytest.mark.parametrize(
+    "polygon, expected",
+    [
+        # Vertices at 3e8 and beyond made pycocotools take all memory or crash.
+        ([5, 3, 1e9, 3, 1e9, 12, 5, 12], _frame_of(slice(3, 12), slice(5, None))),
+        ([5, 3, -1e9, 3, -1e9, 12, 5, 12], _frame_of(slice(3, 12), slice(None, 5))),
+        ([10, 5, 3e8, 5, 10, 3e8], _frame_of(slice(5, None), slice(10, None))),
+        ([-1e9, -1e9, 1e9, -1e9, 0, 1e9], _frame_of(slice(None), slice(None))),
+    ],
+)
+def test_polygons_reaching_far_out_are_clipped_to_the_image(polygon, expected):
+    np.testing.assert_array_equal(decode_segmentation([polygon], HEIGHT, WIDTH), expected)
+    _assert_box_decode_is_exact([polygon], HEIGHT, WIDTH)
+
+
+def test_clipping_keeps_the_even_odd_fill_of_a_self_intersecting_ring():
+    # The loop above the image overlaps the ring's own body: pycocotools leaves the overlap
+    # empty (even-odd), and so must the clipped ring. Its cut edges are vertical, so pycocotools
+    # digitises them alike and the masks are equal pixel for pixel.
+    ring = [2, 2, 40, 2, 40, 10, 20, 10, 20, -30, 10, -30, 10, 15, 2, 15]
+    unclipped = mask_util.decode(mask_util.frPyObjects([ring], HEIGHT, WIDTH))[:, :, 0]
+    clipped = decode_segmentation([ring], HEIGHT, WIDTH)
+    np.testing.assert_array_equal(clipped, unclipped.astype(bool))
+    assert (clipped[5, 15], clipped[0, 15], clipped[5, 5]) == (False, True, True)
+
+
+def test_non_finite_polygon_coordinates_are_refused_by_the_decoder():
+    with pytest.raises(ValueError, match="polygon coordinates must be finite"):
+        decode_segmentation([[1, 1, float("nan"), 1, 5, 4]], HEIGHT, WIDTH)
+
+
+@pytest.mark.parametrize(
+    "segmentation, placement, box",
+    [
+        ([[2, 2, 8, 2, 8, 9, 2, 9]], Placement.INSIDE, (2, 2, 8, 9)),
+        ([[-5, 3, 10, 3, 10, 12, -5, 12]], Placement.CLIPPED, (0, 3, 10, 12)),
+        ([[5, 3, 1e9, 3, 1e9, 12, 5, 12]], Placement.CLIPPED, (5, 3, WIDTH, 12)),
+        ([], Placement.EMPTY, None),
+        ([[]], Placement.EMPTY, None),
+        ({"size": [HEIGHT, WIDTH], "counts": [HEIGHT * WIDTH]}, Placement.EMPTY, None),
+        ([[1, 1, 5, 1, 9, 1]], Placement.TOO_THIN, None),  # no area
+        ([[1, 1.1, 9, 1.1, 9, 1.2]], Placement.TOO_THIN, None),  # between pixel centres
+        ([[100, 3, 140, 3, 120, 12]], Placement.OUTSIDE, None),
+        ([[-1e9, -50, -40, -50, -45, -1e9]], Placement.OUTSIDE, None),
+    ],
+)
+def test_placement_of_a_segmentation(segmentation, placement, box):
+    got, box_mask = place_segmentation(segmentation, HEIGHT, WIDTH)
+    assert got is placement
+    assert mask_box(_in_frame(box_mask, HEIGHT, WIDTH)) == box
+
+
 @pytest.mark.parametrize(
     "segmentation, message",
     [
@@ -242,7 +304,14 @@ SEGMENTATION = ("annotations", 0, "segmentation")
             _set("annotations", 0, "category_id", 2),
             "annotations[0]['category_id'] = 2: expected the id of an entry of 'categories'",
         ),
-        (_delete("annotations", 1, "id"), "annotations[1]['id'] is missing: expected an id"),
+        (
+            _delete("annotations", 1, "id"),
+            "annotations[1]['id'] is missing: expected an id that no earlier annotation has",
+        ),
+        (
+            _set("annotations", 1, "id", 10),
+            "annotations[1]['id'] = 10: expected an id that no earlier annotation has",
+        ),
         (
             _delete(*SEGMENTATION),
             "annotations[0]['segmentation'] is missing: expected a segmentation",
@@ -272,7 +341,16 @@ SEGMENTATION = ("annotations", 0, "segmentation")
         ),
         (
             _delete(*SEGMENTATION, "size"),
-            "annotations[0]['segmentation']['size'] is missing: expected [height, width]",
+            "annotations[0]['segmentation']['size'] is missing: expected [height, width], "
+            "integers > 0",
+        ),
+        (
+            _set(*SEGMENTATION, [[1, 1, 5, 1, float("nan"), 4]]),
+            "annotations[0]['segmentation'][0][4] = nan: expected a finite coordinate",
+        ),
+        (
+            _set(*SEGMENTATION, [[1, 1, 5, 1, 5, 4], [1, 1, 5, -float("inf"), 5, 4]]),
+            "annotations[0]['segmentation'][1][3] = -inf: expected a finite coordinate",
         ),
         (
             _set("annotations", 1, "segmentation", "counts", [7, 2, 4, 2, 4, 2, 28]),
@@ -282,7 +360,17 @@ SEGMENTATION = ("annotations", 0, "segmentation")
         (
             _set("annotations", 1, "segmentation", "counts", [50, -2]),
             "annotations[1]['segmentation']['counts'] = [50, -2]: expected a string or a list of "
-            "integers >= 0",
+            "integers in [0, 2**32)",
+        ),
+        (
+            _set("annotations", 1, "segmentation", "counts", [2**70]),
+            "annotations[1]['segmentation']['counts'] = [1180591620717411303424]: expected a "
+            "string or a list of integers in [0, 2**32)",
+        ),
+        (
+            _set("images", 1, "height", 2**29),  # x 8 = 2**32 pixels
+            "images[1] = {'file_name': 'b.png', 'height': 536870912, 'id': 2, 'width': 8}: "
+            "expected fewer than 2**32 pixels, a COCO RLE's most",
         ),
         (
             _set(*SEGMENTATION, "counts", "724000g"),  # truncated: "g" says that more follows
@@ -329,8 +417,18 @@ def _results() -> list:
     [
         (_set(0, "x"), "[0] = 'x': expected a JSON object"),
         (_delete(0, "image_id"), "[0]['image_id'] is missing: expected an id"),
-        (_set(1, "score", "high"), "[1]['score'] = 'high': expected a number"),
-        (_set(1, "score", None), "[1]['score'] = None: expected a number"),
+        (_set(1, "score", "high"), "[1]['score'] = 'high': expected a finite number"),
+        (_set(1, "score", None), "[1]['score'] = None: expected a finite number"),
+        (_set(1, "score", float("nan")), "[1]['score'] = nan: expected a finite number"),
+        (
+            _set(2, "segmentation", {"size": [0, 0], "counts": []}),
+            "[2]['segmentation']['size'] = [0, 0]: expected [height, width], integers > 0",
+        ),
+        (
+            _set(2, "segmentation", {"size": [2**16, 2**16], "counts": [2**31, 2**31]}),
+            "[2]['segmentation']['size'] = [65536, 65536]: expected fewer than 2**32 pixels, a "
+            "COCO RLE's most",
+        ),
         (
             _set(2, "image_id", 7),
             "[2]['segmentation']['size'] = [5, 5]: an earlier entry of image_id 7 has size [6, 8]",
@@ -348,6 +446,25 @@ def test_results_errors_name_file_entry_key_and_value(edit, message):
     with pytest.raises(CocoFormatError) as error:
         check_results(results, "res.json")
     assert str(error.value) == f"res.json: {message}"
+
+
+def test_integer_ids_when_asked():
+    data = _ground_truth()
+    data["images"][1]["id"] = "b"
+    for annotation in data["annotations"][1:]:
+        annotation["image_id"] = "b"
+    check_ground_truth(data, "gt.json")
+    with pytest.raises(CocoFormatError) as error:
+        check_ground_truth(data, "gt.json", integer_ids=True)
+    assert str(error.value) == (
+        "gt.json: images[1]['id'] = 'b': expected an integer id that no earlier image has"
+    )
+    results = _results()
+    results[3]["image_id"] = 2**63
+    check_results(results, "res.json")
+    with pytest.raises(CocoFormatError) as error:
+        check_results(results, "res.json", integer_ids=True)
+    assert str(error.value) == (f"res.json: [3]['image_id'] = {2**63}: expected an integer id")
 
 
 def test_results_must_be_a_list():
@@ -378,6 +495,14 @@ def test_files_that_cannot_be_read(tmp_path):
     broken.write_text('{"images": [')
     with pytest.raises(CocoFormatError, match=re.escape(f"{broken} is not valid JSON: Expecting")):
         read_coco_json(str(broken))
+    binary = tmp_path / "photo.json"
+    binary.write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(CocoFormatError) as error:
+        read_coco_json(str(binary))
+    assert str(error.value) == (
+        f"{binary} is not valid JSON: 'utf-8' codec can't decode byte 0x89 in position 0: "
+        "invalid start byte"
+    )
 
     photo = str(tmp_path / "photo.png")
     cv2.imwrite(photo, np.zeros((6, 8, 3), dtype=np.uint8))
@@ -387,5 +512,14 @@ def test_files_that_cannot_be_read(tmp_path):
     assert str(error.value) == (
         f"gt.json: images[0] gives [height, width] = [6, 9] but the image {photo} is [6, 8]"
     )
-    with pytest.raises(OSError, match=re.escape(f"Cannot read image {broken}")):
+    with pytest.raises(ImageReadError) as error:
         read_image(str(broken), (6, 8), "gt.json", "images[0]")
+    assert str(error.value) == f"cannot read the image {broken}: not an image file"
+    # OpenCV reads a truncated JPEG with grey below the cut; it must be refused.
+    noise = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", noise)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(jpeg.tobytes()[: jpeg.size // 2])
+    assert ok and cv2.imread(str(truncated)) is not None
+    with pytest.raises(ImageReadError, match=re.escape(f"{truncated}: image file is truncated")):
+        read_image(str(truncated), (60, 80), "gt.json", "images[0]")

@@ -28,6 +28,7 @@ from segtools.analysis import (
     write_psd_report,
 )
 from segtools.analysis.fits import rosin_rammler_size, swebrec_size
+from segtools.cli import run_tool
 from segtools.data.coco_format import annotation_from_mask, decode_segmentation, encode_mask
 from segtools.inference import detections_from_instances
 
@@ -392,7 +393,9 @@ def test_report_writes_all_files(tmp_path):
         "used": 3,
         "excluded": 1,
         "spanning_frame": 0,
+        "skipped": 0,
     }
+    assert saved["skipped_by_reason"] == {}
     assert (saved["mm_per_px"], saved["size_measure"], saved["edge_mode"]) == (
         0.5,
         "feret_min",
@@ -468,7 +471,8 @@ def test_cli_on_ground_truth(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "D50_mm" in result.stdout and "belt_a" in result.stdout
 
-    assert sorted(os.listdir(out)) == ["all", "d_values.csv", "images"]
+    assert sorted(os.listdir(out)) == ["all", "d_values.csv", "images", "skipped.csv"]
+    assert _read_csv(os.path.join(out, "skipped.csv")) == []
     assert sorted(os.listdir(os.path.join(out, "images"))) == ["belt_a", "belt_b"]
     assert sorted(os.listdir(os.path.join(out, "images", "belt_a"))) == sorted(
         (*REPORT_FILES, "overlay.png")
@@ -512,6 +516,53 @@ def test_cli_on_results_list(tmp_path):
     assert summary["counts"]["particles"] == 2 and summary["edge_mode"] == "miles-lantuejoul"
 
 
+def test_cli_counts_and_lists_annotations_without_a_pixel(tmp_path, capsys):
+    height, width = 60, 80
+    segmentations = [
+        [[10, 10, 30, 10, 30, 25, 10, 25]],
+        [],
+        {"size": [height, width], "counts": [height * width]},  # an RLE without a pixel
+        [[100, 10, 140, 10, 120, 30]],  # right of the image
+        [[10, 40, 50, 40.1, 10, 40.2]],  # between two rows of pixel centres
+        [[60, 30, 1e9, 30, 1e9, 50, 60, 50]],  # clipped at the right border, then measured
+    ]
+    data = {
+        "images": [{"id": 1, "file_name": "belt.png", "height": height, "width": width}],
+        "annotations": [
+            {"id": 11 + index, "image_id": 1, "segmentation": segmentation}
+            for index, segmentation in enumerate(segmentations)
+        ],
+    }
+    json_path = tmp_path / "gt.json"
+    json_path.write_text(json.dumps(data))
+    out = tmp_path / "psd"
+
+    assert (
+        _run_psd_here(["--coco-json", str(json_path), "--mm-per-px", "1", "--out", str(out)]) == 0
+    )
+
+    assert (
+        "4 annotations skipped: 2 empty segmentation, 1 wholly outside the image, 1 too thin to "
+        f"cover a pixel (listed in {out / 'skipped.csv'})"
+    ) in capsys.readouterr().out.splitlines()
+    reasons = ["empty segmentation"] * 2 + ["wholly outside the image", "too thin to cover a pixel"]
+    assert _read_csv(out / "skipped.csv") == [
+        {"image_id": "1", "annotation_id": str(annotation_id), "reason": reason}
+        for annotation_id, reason in zip((12, 13, 14, 15), reasons, strict=True)
+    ]
+    for report in ("all", "images/belt"):
+        summary = _read_strict_json(out / report / "summary.json")
+        assert (summary["counts"]["particles"], summary["counts"]["skipped"]) == (2, 4)
+        assert summary["skipped_by_reason"] == {
+            "empty segmentation": 2,
+            "wholly outside the image": 1,
+            "too thin to cover a pixel": 1,
+        }
+    assert {row["skipped"] for row in _read_csv(out / "d_values.csv")} == {"4"}
+    clipped = _read_csv(out / "all" / "particles.csv")[1]
+    assert [clipped[f"bbox_{key}_px"] for key in ("x", "y", "w", "h")] == ["60", "30", "20", "20"]
+
+
 def test_cli_rejects_bad_scale_and_missing_file(tmp_path):
     gt_path = _write_ground_truth(str(tmp_path))
     out = str(tmp_path / "psd")
@@ -523,27 +574,35 @@ def test_cli_rejects_bad_scale_and_missing_file(tmp_path):
     assert not os.path.exists(out)
 
 
+def _run_psd_here(argv) -> int:
+    """psd.py's exit code, run in this process: faster than a subprocess."""
+    return run_tool(load_script("psd").main, [*argv, "--no-progress"])
+
+
 def test_cli_bad_json_or_missing_image_writes_nothing(tmp_path, capsys):
-    main = load_script("psd").main  # in this process: faster than a subprocess
     gt_path = _write_ground_truth(str(tmp_path))
     out = str(tmp_path / "psd")
     malformed = str(tmp_path / "broken.json")
     with open(malformed, "w") as f:
         f.write('{"images": [')
-    assert main(["--coco-json", malformed, "--mm-per-px", "1", "--out", out]) == 1
-    assert "broken.json is not valid JSON" in capsys.readouterr().err
+    assert _run_psd_here(["--coco-json", malformed, "--mm-per-px", "1", "--out", out]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {malformed} is not valid JSON: Expecting value: line 1 column 13 (char 12)\n"
+    )
 
     photo = str(tmp_path / "images" / "belt_b.png")
     os.remove(photo)
     args = ["--coco-json", gt_path, "--images", str(tmp_path / "images"), "--mm-per-px", "1"]
-    assert main([*args, "--out", out]) == 1
-    assert "belt_b.png" in capsys.readouterr().err
+    assert _run_psd_here([*args, "--out", out]) == 2
+    assert capsys.readouterr().err == (
+        f"error: Images not found in {tmp_path / 'images'}: belt_b.png\n"
+    )
     # A photo of another size than the file gives, found after the first image's reports.
     cv2.imwrite(photo, np.zeros((30, 80, 3), dtype=np.uint8))
-    assert main([*args, "--out", out]) == 1
-    assert capsys.readouterr().err.splitlines()[-1] == (
+    assert _run_psd_here([*args, "--out", out]) == 2
+    assert capsys.readouterr().err == (
         f"error: {gt_path}: image_id 2 gives [height, width] = [60, 80] but the image {photo} "
-        "is [30, 80]"
+        "is [30, 80]\n"
     )
     assert not os.path.exists(out)
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
@@ -594,7 +653,7 @@ def test_cli_names_the_bad_entry_and_writes_nothing(tmp_path, capsys, content, m
     json_path.write_text(json.dumps(content))
     out = tmp_path / "psd"
     argv = ["--coco-json", str(json_path), "--mm-per-px", "1", "--out", str(out)]
-    assert load_script("psd").main(argv) == 1
+    assert _run_psd_here(argv) == 2
     assert capsys.readouterr().err == f"error: {json_path}: {message}\n"
     assert not out.exists()
 
@@ -604,7 +663,7 @@ def test_cli_refuses_an_output_folder_that_is_not_empty(tmp_path, capsys):
     (tmp_path / "psd").mkdir()
     (tmp_path / "psd" / "old.csv").write_text("x")
     out = str(tmp_path / "psd")
-    assert load_script("psd").main(["--coco-json", gt_path, "--mm-per-px", "1", "--out", out]) == 1
+    assert _run_psd_here(["--coco-json", gt_path, "--mm-per-px", "1", "--out", out]) == 2
     assert capsys.readouterr().err == (
         f"error: output folder {out} is not empty: give a new or empty folder\n"
     )

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from detectron2.data.datasets import load_coco_json
 
+from segtools.cli import run_tool
 from segtools.data.coco_format import decode_segmentation
 from segtools.data.synthetic_ore import (
     DENSITY_LEVELS,
@@ -256,8 +257,10 @@ def test_cli(tmp_path, capsys):
 
     # A second run into the same folder: refused with exit code 2, folder untouched.
     before = _read_bytes(out_dir / "annotations.json")
-    assert cli.main([*argv, "--no-progress"]) == 2
-    assert str(out_dir) in capsys.readouterr().err
+    assert run_tool(cli.main, [*argv, "--no-progress"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: Synthetic ore output folder {out_dir} is not empty: give a new or empty folder\n"
+    )
     assert _read_bytes(out_dir / "annotations.json") == before
 
     with pytest.raises(SystemExit) as exit_info:

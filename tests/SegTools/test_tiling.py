@@ -10,8 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
+from segtools.cli import run_tool
 from segtools.data.coco_format import decode_segmentation, encode_mask
 from segtools.data.coco_input import CocoFormatError
+from segtools.data.images import ImageReadError
 from segtools.data.tiling import tile_coco_dataset, tile_windows
 
 from helpers import REPO_ROOT
@@ -149,7 +151,8 @@ def test_windows_of_small_image_span_it():
 
 
 @pytest.mark.parametrize(
-    "tile,overlap,named", [(0, 0, "tile=0"), (40, 40, "overlap=40"), (40, -1, "overlap=-1")]
+    "tile,overlap,named",
+    [(0, 0, "tile=0"), (31, 0, "tile=31"), (40, 40, "overlap=40"), (40, -1, "overlap=-1")],
 )
 def test_windows_reject_invalid_tile_or_overlap(tile, overlap, named):
     with pytest.raises(ValueError, match=named):
@@ -244,18 +247,18 @@ def test_degenerate_clipped_and_outside_annotations(tmp_path):
         {"segmentation": [[5, 5, 6, 6, 7, 7], valid]},  # only its zero-area part is dropped
         {"segmentation": [[-10, 40, 20, 42, 18, 60, -8, 65]]},  # crosses the left border
         {"segmentation": [[120, 10, 140, 10, 130, 30]]},  # right of the image
+        {"segmentation": []},
+        {"segmentation": [[60, 5, 1e9, 5, 60, 25]]},  # a vertex far out: clipped, not a crash
     ]
     _write_dataset(tmp_path, {"rock.png": _noise_image(5)}, annotations)
 
     summary, output, source, _ = _tile(tmp_path)
 
-    assert (summary.degenerate_dropped, summary.clipped_at_border, summary.outside_dropped) == (
-        2,
-        1,
-        1,
-    )
-    assert summary.source_instances == 3
-    assert {a["source_id"] for a in output["annotations"]} == {1, 4, 5}
+    dropped = (summary.empty_dropped, summary.degenerate_dropped, summary.outside_dropped)
+    assert dropped == (1, 2, 1)
+    assert summary.clipped_at_border == 2
+    assert summary.source_instances == 4
+    assert {a["source_id"] for a in output["annotations"]} == {1, 4, 5, 8}
     _assert_tiles_are_source_crops(output, source)
 
 
@@ -287,7 +290,7 @@ def _annotated_on_both(num_images: int) -> list:
     "second_image,error,message",
     [
         (None, FileNotFoundError, "image {bad} (listed in {json}) not found"),
-        (b"not an image", OSError, "Cannot read image {bad} (missing, corrupt or not an image)"),
+        (b"not an image", ImageReadError, "cannot read the image {bad}: not an image file"),
         (
             np.zeros((HEIGHT, WIDTH + 1, 3), np.uint8),
             CocoFormatError,
@@ -341,7 +344,7 @@ def test_bad_annotation_file_is_named(tmp_path, content, error, message):
         ),
         (
             lambda coco: coco["annotations"][0].pop("id"),
-            "annotations[0]['id'] is missing: expected an id",
+            "annotations[0]['id'] is missing: expected an id that no earlier annotation has",
         ),
         (
             lambda coco: coco["images"][0].pop("height"),
@@ -416,19 +419,18 @@ def test_cli_end_to_end(tmp_path):
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
-    # In process, to spare a second interpreter start: main() must return, not raise.
+    # In process, to spare a second interpreter start.
     spec = importlib.util.spec_from_file_location("prepare_ore_tiles", CLI)
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     image_dir, _ = _write_dataset(tmp_path, {"rock.png": _noise_image(12)}, [])
     missing = str(tmp_path / "missing.json")
 
-    exit_code = cli.main(
-        ["--images", image_dir, "--annotations", missing, "--out", str(tmp_path / "o")]
-    )
+    argv = ["--images", image_dir, "--annotations", missing, "--out", str(tmp_path / "o")]
+    exit_code = run_tool(cli.main, argv)
 
-    assert exit_code != 0
-    assert missing in capsys.readouterr().err
+    assert exit_code == 2
+    assert capsys.readouterr().err == f"error: COCO file not found: {missing}\n"
     assert not (tmp_path / "o").exists()
 
 

@@ -1,12 +1,19 @@
-"""Pictures drawn from box-sized masks equal Detectron2's own drawing of full-frame masks."""
+"""
+Pictures drawn from box-sized masks equal Detectron2's own drawing of full-frame masks; dataset
+grids show each image above Detectron2's drawing of its annotations.
+"""
 
+import cv2
 import numpy as np
 import pytest
 from detectron2.data import Metadata
+from detectron2.structures import BoxMode
 from detectron2.utils.visualizer import ColorMode, GenericMask, Visualizer
 
+from segtools.data.coco_format import encode_mask
 from segtools.inference import draw_detections
 from segtools.inference.detections import Detection
+from segtools.inference.visualize import draw_dataset_grid
 
 HEIGHT, WIDTH = 60, 80
 
@@ -67,3 +74,29 @@ def test_unlabelled_drawing_builds_no_full_frame_mask(monkeypatch):
     monkeypatch.setattr("segtools.inference.visualize._MAX_LABELLED", 0)
     image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
     assert draw_detections(image, _detections(), Metadata()).shape == image.shape
+
+
+def test_dataset_grid_shows_each_image_above_its_drawn_annotations(tmp_path):
+    image = np.random.default_rng(1).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    mask[10:30, 20:50] = True
+    annotation = {"bbox": [20, 10, 30, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}
+    record = {
+        "file_name": str(tmp_path / "a.png"),
+        "height": HEIGHT,
+        "width": WIDTH,
+        "annotations": [{**annotation, "segmentation": encode_mask(mask)}],
+    }
+    metadata = Metadata(thing_classes=["ore"])
+
+    np.random.seed(0)  # the Visualizer picks random colours
+    grid = draw_dataset_grid([record, record], metadata)
+
+    np.random.seed(0)
+    reference = Visualizer(image[:, :, ::-1], metadata, 1.0, ColorMode.IMAGE)
+    reference = reference.draw_dataset_dict(record).get_image()[:, :, ::-1]
+    assert grid.shape == (2 * HEIGHT, 2 * WIDTH, 3)
+    np.testing.assert_array_equal(grid[:HEIGHT], np.hstack([image, image]))
+    np.testing.assert_array_equal(grid[HEIGHT:, :WIDTH], reference)
+    assert not np.array_equal(reference, image)

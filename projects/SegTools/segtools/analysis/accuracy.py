@@ -78,7 +78,7 @@ def _measured_diameters(json_path: str, score_thresh: float, show_progress: bool
     tables = iter_particle_tables(
         load_coco_instances(json_path, score_thresh), mm_per_px=1.0, show_progress=show_progress
     )
-    records = [table.records for _, table in tables]
+    records = [table.records for _, table, _ in tables]
     if not records:
         return np.zeros(0, int), np.zeros(0), np.zeros(0, bool)
     records = np.concatenate(records)

@@ -10,7 +10,10 @@ Two inputs are accepted:
   the list serves as its annotation id.
 
 Segmentations may be polygons or RLE (compressed or not); the file is checked by
-:mod:`segtools.data.coco_input`, whose CocoFormatError names what is wrong.
+:mod:`segtools.data.coco_input`, whose CocoFormatError names what is wrong: ids must be integers
+(the tables hold them as int64) and annotation ids unique, scores and polygon coordinates finite,
+images at least 1 x 1 pixel. An annotation without a pixel in its image (empty, too thin, wholly
+outside) is not measured but skipped with its reason (:class:`segtools.data.coco_format.Placement`).
 """
 
 import math
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from ..data.coco_format import Placement, place_segmentation
 from ..data.coco_input import (
     CocoFormatError,
     check_distinct_names,
@@ -83,7 +87,7 @@ def _image_instances(
 
 
 def _from_ground_truth(data: dict, path: str) -> list[CocoImageInstances]:
-    check_ground_truth(data, path)
+    check_ground_truth(data, path, integer_ids=True)
     check_distinct_names(
         data["images"],
         lambda image: _folder_name(image.get("file_name"), image["id"]),
@@ -108,7 +112,7 @@ def _from_ground_truth(data: dict, path: str) -> list[CocoImageInstances]:
 
 
 def _from_results(data: list, path: str, score_thresh: float) -> list[CocoImageInstances]:
-    frame_sizes = check_results(data, path)
+    frame_sizes = check_results(data, path, integer_ids=True)
     per_image = {}
     for index, entry in enumerate(data):
         instances = per_image.setdefault(entry["image_id"], [])
@@ -188,16 +192,31 @@ def resolve_image_paths(image_dir: str, images: Sequence[CocoImageInstances]) ->
 
 def iter_particle_tables(
     images: Sequence[CocoImageInstances], mm_per_px: float, show_progress: bool = True
-) -> Iterator[tuple[CocoImageInstances, ParticleTable]]:
-    """Measure the particles of each image in turn, with a progress bar over images."""
+) -> Iterator[tuple[CocoImageInstances, ParticleTable, list[tuple[int, Placement]]]]:
+    """
+    Measure the particles of each image in turn, with a progress bar over images.
+
+    Yields:
+        (image, its table, its skipped annotations as (annotation id, placement)): those
+        without a pixel in the image, in file order.
+    """
     mm_per_px = check_mm_per_px(mm_per_px)
     for image in tqdm(images, desc="images", unit="image", disable=not show_progress):
+        measured, skipped = [], []
+        instances = zip(image.annotation_ids, image.segmentations, image.scores, strict=True)
+        for annotation_id, segmentation, score in instances:
+            placement, box_mask = place_segmentation(segmentation, image.height, image.width)
+            if box_mask.mask.size:
+                measured.append((annotation_id, box_mask, score))
+            else:
+                skipped.append((annotation_id, placement))
+        annotation_ids, box_masks, scores = zip(*measured, strict=True) if measured else ((),) * 3
         table = measure_instances(
-            image.segmentations,
+            box_masks,
             (image.height, image.width),
             mm_per_px,
             image_id=image.image_id,
-            annotation_ids=image.annotation_ids,
-            scores=image.scores,
+            annotation_ids=annotation_ids,
+            scores=scores,
         )
-        yield image, table
+        yield image, table, skipped

@@ -4,12 +4,14 @@ Particle-size reports of a COCO file, ground truth or predictions, written as on
     <out>/all/             the whole run: particles.csv, distribution.csv, summary.json, psd.png
     <out>/images/<name>/   the same for each image, plus overlay.png when the photos are given
     <out>/d_values.csv     the D-values of all these reports
+    <out>/skipped.csv      the annotations left unmeasured (no pixel in the image), with why
 
 <name> is the image's file name without extension, or image_<id> for predictions
 (:attr:`CocoImageInstances.name`). Each particle is decoded over its box only.
 """
 
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -26,7 +28,15 @@ from .coco_particles import (
     load_coco_instances,
     resolve_image_paths,
 )
-from .report import d_values_csv, d_values_text, draw_size_overlay, write_psd_report
+from .report import (
+    SKIPPED_CSV,
+    d_values_csv,
+    d_values_text,
+    draw_size_overlay,
+    skipped_csv,
+    skipped_text,
+    write_psd_report,
+)
 from .size_measures import ParticleTable
 
 __all__ = ["write_coco_psd_reports"]
@@ -66,34 +76,46 @@ def write_coco_psd_reports(
         show_progress: show a progress bar over the images.
 
     Returns:
-        The D-values table of all reports, aligned for a terminal.
+        The D-values table of all reports, aligned for a terminal, and a line counting the
+        annotations skipped by reason (if any), naming skipped.csv.
 
     Raises:
         FileExistsError: if `out_dir` is a file or a folder that is not empty.
         FileNotFoundError: if `coco_json`, `image_dir` or a photo is missing.
-        CocoFormatError: if `coco_json` is not a COCO file, or a photo's size is not its own.
-        OSError: if a photo cannot be read.
+        CocoFormatError: if `coco_json` is not a COCO file (see :mod:`.coco_particles`), or a
+            photo's size is not its own.
+        ImageReadError: if a photo cannot be read whole.
     """
     check_new_or_empty_folder(out_dir)
     images = load_coco_instances(coco_json, score_thresh)
     photo_paths = resolve_image_paths(image_dir, images) if image_dir else {}
     options = {"measure": measure, "edge_mode": edge_mode}
-    summaries, tables = {}, []
+    summaries, tables, skipped_rows = {}, [], []
     with atomic_directory(out_dir) as tmp_dir:
-        for image, table in iter_particle_tables(images, mm_per_px, show_progress):
+        for image, table, skipped in iter_particle_tables(images, mm_per_px, show_progress):
             report_dir = os.path.join(tmp_dir, "images", image.name)
-            summaries[image.name] = write_psd_report(table, report_dir, title=image.name, **options)
+            reasons = Counter(placement.value for _, placement in skipped)
+            summaries[image.name] = write_psd_report(
+                table, report_dir, title=image.name, skipped=reasons, **options
+            )
+            skipped_rows += [(image.image_id, id_, placement.value) for id_, placement in skipped]
             if image.image_id in photo_paths:
                 overlay = _size_overlay(
                     photo_paths[image.image_id], image, table, coco_json, **options
                 )
                 atomic_write_image(os.path.join(report_dir, "overlay.png"), overlay)
             tables.append(table)
+        skipped = Counter(reason for *_, reason in skipped_rows)
         summaries["all"] = write_psd_report(
             ParticleTable.concatenate(tables, mm_per_px),
             os.path.join(tmp_dir, "all"),
             title=os.path.basename(coco_json),
+            skipped=skipped,
             **options,
         )
         atomic_write_text(os.path.join(tmp_dir, "d_values.csv"), d_values_csv(summaries))
-    return d_values_text(summaries)
+        atomic_write_text(os.path.join(tmp_dir, SKIPPED_CSV), skipped_csv(skipped_rows))
+    if not skipped:
+        return d_values_text(summaries)
+    listed = os.path.join(out_dir, SKIPPED_CSV)
+    return f"{d_values_text(summaries)}\n{skipped_text(skipped)} (listed in {listed})"

@@ -6,8 +6,9 @@ A report folder holds:
 * ``particles.csv``: one row per particle, measures in px and mm, border flag and weights;
 * ``distribution.csv``: per sieve, percent retained and cumulative percent passing, by count
   and by mass;
-* ``summary.json``: scale, counts (border particles included), edge mode, D-values and fits by
-  count and by mass, and the statements of how mass, interpolation and topsize are defined;
+* ``summary.json``: scale, counts (border particles included, annotations skipped unmeasured
+  by reason), edge mode, D-values and fits by count and by mass, and the statements of how mass,
+  interpolation and topsize are defined;
 * ``psd.png``: cumulative passing on a log size axis and the histogram over the sieve series.
 """
 
@@ -50,11 +51,14 @@ __all__ = [
     "DISTRIBUTION_CSV",
     "PARTICLES_CSV",
     "PLOT_PNG",
+    "SKIPPED_CSV",
     "SUMMARY_JSON",
     "d_values_csv",
     "d_values_text",
     "draw_size_overlay",
     "render_psd_plot",
+    "skipped_csv",
+    "skipped_text",
     "summarize",
     "write_psd_report",
 ]
@@ -63,6 +67,7 @@ PARTICLES_CSV = "particles.csv"
 DISTRIBUTION_CSV = "distribution.csv"
 SUMMARY_JSON = "summary.json"
 PLOT_PNG = "psd.png"
+SKIPPED_CSV = "skipped.csv"
 
 _COLOURS = {"count": "tab:blue", "mass": "tab:red"}
 _FIT_STYLES = {"rosin_rammler": ("Rosin-Rammler", "--"), "swebrec": ("Swebrec", (0, (6, 2, 1, 2)))}
@@ -109,18 +114,39 @@ def _distribution_csv(distribution: SizeDistribution) -> str:
     return _csv_text(list(columns), rows)
 
 
+def skipped_csv(rows) -> str:
+    """CSV text of annotations skipped unmeasured: rows of (image_id, annotation_id, reason)."""
+    return _csv_text(["image_id", "annotation_id", "reason"], rows)
+
+
+def skipped_text(skipped: Mapping[str, int]) -> str:
+    """
+    One line, e.g. "3 annotations skipped: 2 empty segmentation, 1 wholly outside the image".
+
+    Args:
+        skipped: {reason: count}; shown most frequent first.
+    """
+    total = sum(skipped.values())
+    by_count = sorted(skipped.items(), key=lambda item: -item[1])
+    reasons = ", ".join(f"{count} {reason}" for reason, count in by_count)
+    return f"{total} annotation{'' if total == 1 else 's'} skipped: {reasons}"
+
+
 def summarize(
     distribution: SizeDistribution,
     fits: Mapping[str, Mapping[str, FitResult]],
     mm_per_px: float,
     title: str = "",
+    skipped: Mapping[str, int] | None = None,
 ) -> dict:
     """
     The JSON summary of a report (NaN written as null).
 
     Args:
         fits: {weighting: {model: FitResult}} for weightings "count" and "mass".
+        skipped: {reason: count} of the annotations left out unmeasured (e.g. without a pixel).
     """
+    skipped = dict(skipped or {})
     count = distribution.count
     return strict_json_value(
         {
@@ -134,7 +160,9 @@ def summarize(
                 "used": distribution.n_used,
                 "excluded": distribution.n_particles - distribution.n_used,
                 "spanning_frame": distribution.n_spanning_frame,
+                "skipped": sum(skipped.values()),
             },
+            "skipped_by_reason": skipped,
             "weighting": {
                 "count": "each used particle weighs its edge weight",
                 "mass": f"edge weight x mass proxy; {MASS_PROXY}",
@@ -231,6 +259,7 @@ def write_psd_report(
     edge_mode: str = "include",
     sieves_mm: list[float] | None = None,
     title: str = "",
+    skipped: Mapping[str, int] | None = None,
 ) -> dict:
     """
     Write the four report files for `particles` into a new folder `out_dir`, all at once.
@@ -238,6 +267,7 @@ def write_psd_report(
     Args:
         measure, edge_mode, sieves_mm: as in :func:`size_distribution`.
         title: shown in the plot and the summary.
+        skipped: as in :func:`summarize`.
 
     Returns:
         The summary written to summary.json.
@@ -249,7 +279,7 @@ def write_psd_report(
     check_new_or_empty_folder(out_dir, "report folder")
     distribution = size_distribution(particles, measure, edge_mode, sieves_mm)
     fits = {weighting: fit_models(distribution.curve(weighting)) for weighting in WEIGHTINGS}
-    summary = summarize(distribution, fits, particles.mm_per_px, title)
+    summary = summarize(distribution, fits, particles.mm_per_px, title, skipped)
     with atomic_directory(out_dir) as tmp_dir:
         atomic_write_text(
             os.path.join(tmp_dir, PARTICLES_CSV), _particles_csv(particles, edge_mode)
@@ -323,7 +353,8 @@ def _draw_colour_bar(canvas: np.ndarray, low_mm: float, high_mm: float, measure:
 
 def _d_values_rows(summaries: Mapping[str, dict]) -> tuple[list[str], list[list[str]]]:
     names = [f"D{p}" for p in D_PERCENTS] + ["topsize"]
-    header = ["report", "weighting", "particles", "border", "used", *(f"{n}_mm" for n in names)]
+    counted = ("particles", "border", "used", "skipped")
+    header = ["report", "weighting", *counted, *(f"{n}_mm" for n in names)]
     rows = []
     for report_name, summary in summaries.items():
         counts = summary["counts"]
@@ -331,7 +362,7 @@ def _d_values_rows(summaries: Mapping[str, dict]) -> tuple[list[str], list[list[
             d_values = summary["d_values_mm"][weighting]
             rows.append(
                 [report_name, weighting]
-                + [str(counts[key]) for key in ("particles", "border", "used")]
+                + [str(counts[key]) for key in counted]
                 + ["nan" if d_values[n] is None else f"{d_values[n]:.4g}" for n in names]
             )
     return header, rows

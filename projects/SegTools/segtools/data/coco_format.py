@@ -1,21 +1,29 @@
 """
 Small helpers between binary masks and COCO-format instance annotations: encode a mask, decode a
-segmentation over the whole frame or over the particle's box only.
+segmentation over the whole frame or over the particle's box only, say where it lies in its image.
+
+Polygons are clipped to the image (with a margin of one pixel) before pycocotools rasterises
+them: its rasteriser walks every edge in 1/5 px steps, so a vertex far outside the image takes
+all memory or overflows its integers and crashes the process.
 """
 
+import enum
 from typing import NamedTuple
 
 import numpy as np
 import pycocotools.mask as mask_util
+import shapely
 
 __all__ = [
     "BoxMask",
+    "Placement",
     "encode_mask",
     "decode_segmentation",
     "decode_in_box",
     "frame_runs",
     "annotation_from_mask",
     "mask_box",
+    "place_segmentation",
 ]
 
 
@@ -70,17 +78,64 @@ def _encode_in_frame(mask: np.ndarray, origin, frame_size) -> dict:
     return mask_util.frPyObjects({"counts": runs.tolist(), "size": [height, width]}, height, width)
 
 
+def _clip_ring(points: np.ndarray, low: tuple, high: tuple) -> np.ndarray:
+    """
+    The ring `points` (K, 2) clipped to the box [low, high] (x, y) by Sutherland-Hodgman, one
+    side of the box at a time: the parts outside become runs along the box's sides. Unlike a
+    shapely intersection, it keeps a self-intersecting ring one ring, filled by the even-odd rule
+    as pycocotools fills it, and gives no holes (which pycocotools would fill).
+    """
+    for axis in (0, 1):
+        for bound, sign in ((low[axis], 1.0), (high[axis], -1.0)):
+            inside = sign * (points[:, axis] - bound) >= 0
+            following = np.roll(points, -1, axis=0)
+            crosses = inside != np.roll(inside, -1)
+            delta = following[:, axis] - points[:, axis]
+            t = np.divide(bound - points[:, axis], delta, out=np.zeros(len(points)), where=crosses)
+            cut = points + t[:, None] * (following - points)
+            cut[:, axis] = bound
+            # Each vertex inside is kept, followed by the point where its edge leaves or enters.
+            points = np.stack([points, cut], axis=1)[np.stack([inside, crosses], axis=1)]
+    return points
+
+
+def _polygon_rles(polygons: list, height: int, width: int) -> list:
+    """
+    pycocotools RLEs of `polygons` ([x0, y0, x1, y1, ...] lists) clipped to the frame plus a
+    1 px margin: inside the frame the shape is the same (pycocotools may digitise a cut edge one
+    of its 1/5 px steps apart). Polygons of fewer than 3 points, which have no area, give none.
+
+    Raises:
+        ValueError: if a coordinate is not finite.
+    """
+    low, high = (-1.0, -1.0), (width + 1.0, height + 1.0)
+    clipped = []
+    for polygon in polygons:
+        points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(points).all():
+            bad = points[~np.isfinite(points)][0]
+            raise ValueError(f"polygon coordinates must be finite, got {bad}")
+        if (points < low).any() or (points > high).any():
+            points = _clip_ring(points, low, high)
+        # Besides having no area, a polygon of 2 points would be read by pycocotools as a box.
+        if len(points) >= 3:
+            clipped.append(points.ravel().tolist())
+    return mask_util.frPyObjects(clipped, height, width) if clipped else []
+
+
 def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
     """
-    Rasterise a COCO "segmentation" (polygon list, uncompressed or compressed RLE).
+    Rasterise a COCO "segmentation" (polygon list, uncompressed or compressed RLE); polygons
+    are clipped to the frame first.
 
     Returns:
         (height, width) boolean mask.
     """
     if isinstance(segmentation, list):
-        if not segmentation:
+        rles = _polygon_rles(segmentation, height, width)
+        if not rles:
             return np.zeros((height, width), dtype=bool)
-        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+        rle = mask_util.merge(rles)
     elif isinstance(segmentation.get("counts"), list):
         rle = mask_util.frPyObjects(segmentation, height, width)
     else:
@@ -102,6 +157,9 @@ class BoxMask(NamedTuple):
 
     mask: np.ndarray
     mask_origin: tuple[int, int]
+
+
+_EMPTY_BOX_MASK = BoxMask(np.zeros((0, 0), dtype=bool), (0, 0))
 
 
 def _string_runs(counts) -> np.ndarray:
@@ -139,20 +197,22 @@ def frame_runs(segmentation, height: int, width: int) -> np.ndarray:
     runs down the columns, column after column, alternately of zeros and ones, zeros first.
 
     Args:
-        segmentation: polygon list (rasterised by pycocotools, which clips it to the frame),
+        segmentation: polygon list (clipped to the frame, then rasterised by pycocotools),
             uncompressed or compressed RLE.
 
     Returns:
         (K,) int64 run lengths.
 
     Raises:
-        ValueError: if an RLE's runs are negative or do not cover the frame exactly.
+        ValueError: if an RLE's runs are negative or do not cover the frame exactly, or a polygon
+            coordinate is not finite.
     """
     if isinstance(segmentation, list):
-        # pycocotools cannot rasterise an empty polygon list; its frame is all zeros.
-        if not segmentation:
+        rles = _polygon_rles(segmentation, height, width)
+        # pycocotools cannot merge an empty list; the frame is all zeros.
+        if not rles:
             return np.array([height * width], dtype=np.int64)
-        counts = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))["counts"]
+        counts = mask_util.merge(rles)["counts"]
     else:
         counts = segmentation["counts"]
     runs = np.asarray(counts, dtype=np.int64) if isinstance(counts, list) else _string_runs(counts)
@@ -179,7 +239,7 @@ def decode_in_box(segmentation, height: int, width: int) -> BoxMask:
     ends = ends[lengths > 0]
     starts = ends - lengths[lengths > 0]
     if len(starts) == 0:
-        return BoxMask(np.zeros((0, 0), dtype=bool), (0, 0))
+        return _EMPTY_BOX_MASK
     # A run may go on from the bottom of a column to the top of the next: cut it at each column.
     first_columns, last_columns = starts // height, (ends - 1) // height
     pieces = last_columns - first_columns + 1
@@ -194,6 +254,56 @@ def decode_in_box(segmentation, height: int, width: int) -> BoxMask:
     np.add.at(steps, (tops - y0, columns - x0), 1)
     np.add.at(steps, (bottoms - y0, columns - x0), -1)
     return BoxMask(np.cumsum(steps, axis=0, out=steps)[:-1] > 0, (x0, y0))
+
+
+class Placement(enum.Enum):
+    """Where a segmentation lies in its image; the last three leave it without a pixel."""
+
+    INSIDE = "inside the image"
+    CLIPPED = "clipped at the image border"
+    EMPTY = "empty segmentation"
+    TOO_THIN = "too thin to cover a pixel"
+    OUTSIDE = "wholly outside the image"
+
+
+def _polygons_with_area(polygons: list) -> tuple[list, list]:
+    """(polygons, their shapely shapes) of the `polygons` of at least 3 points with an area."""
+    kept, shapes = [], []
+    for polygon in polygons:
+        if len(polygon) >= 6:
+            # make_valid keeps the area of self-intersecting rings, whose shoelace area may be 0.
+            shape = shapely.make_valid(shapely.Polygon(np.reshape(polygon, (-1, 2))))
+            if shape.area > 0:
+                kept.append(polygon)
+                shapes.append(shape)
+    return kept, shapes
+
+
+def place_segmentation(segmentation, height: int, width: int) -> tuple[Placement, BoxMask]:
+    """
+    Rasterise a checked COCO "segmentation" of a (height, width) image over its box (as
+    :func:`decode_in_box`) and say where it lies. Polygons without an area are left out.
+
+    Returns:
+        (placement, box mask); the mask is (0, 0) for EMPTY (no polygon point, or an RLE without
+        a pixel), TOO_THIN (polygons of no area, or too thin to cover a pixel centre) and
+        OUTSIDE (polygons with no area inside the image).
+    """
+    if not isinstance(segmentation, list):
+        box_mask = decode_in_box(segmentation, height, width)
+        return (Placement.INSIDE if box_mask.mask.size else Placement.EMPTY), box_mask
+    if not any(segmentation):
+        return Placement.EMPTY, _EMPTY_BOX_MASK
+    polygons, shapes = _polygons_with_area(segmentation)
+    if not polygons:
+        return Placement.TOO_THIN, _EMPTY_BOX_MASK
+    image, union = shapely.box(0, 0, width, height), shapely.union_all(shapes)
+    if shapely.intersection(union, image).area == 0:
+        return Placement.OUTSIDE, _EMPTY_BOX_MASK
+    box_mask = decode_in_box(polygons, height, width)
+    if box_mask.mask.size == 0:
+        return Placement.TOO_THIN, box_mask
+    return (Placement.INSIDE if image.covers(union) else Placement.CLIPPED), box_mask
 
 
 def mask_box(mask: np.ndarray):

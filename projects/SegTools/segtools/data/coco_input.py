@@ -6,17 +6,20 @@ message names the file, the entry, the key and the bad value, e.g.::
 
     gt.json: annotations[12]['image_id'] = 7: expected the id of an entry of 'images'
 
-Segmentations are checked down to their RLE runs, so that a decoder never reads past a frame.
+Segmentations are checked down to their RLE runs, so that a decoder never reads past a frame,
+and polygon coordinates must be finite (JSON parsers read NaN and Infinity); a finite vertex
+outside the image is clipped when rasterised (see :mod:`.coco_format`).
 """
 
 import json
+import math
 import os
 import reprlib
 from collections.abc import Callable, Sequence
 
-import cv2
 import numpy as np
 
+from . import images
 from .coco_format import frame_runs
 
 __all__ = [
@@ -35,6 +38,8 @@ class CocoFormatError(ValueError):
 
 
 _MISSING = object()  # stands for an absent key
+# pycocotools counts an RLE's runs in 32 bits: a frame holds fewer pixels.
+_MAX_FRAME_PIXELS = 2**32
 
 
 def _error(path: str, location: str, value, problem: str) -> CocoFormatError:
@@ -47,6 +52,15 @@ def _is_id(value) -> bool:
     return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
+def _is_int64(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
+def _id_kind(integer_ids: bool) -> tuple[Callable, str]:
+    """(validator, description) of an id."""
+    return (_is_int64, "an integer id") if integer_ids else (_is_id, "an id")
+
+
 def _is_count(value) -> bool:
     """An integer >= 0 (JSON true and false are no numbers)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
@@ -54,6 +68,16 @@ def _is_count(value) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite_number(value) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+def _check_frame_pixels(size: Sequence[int], path: str, location: str, value) -> None:
+    """Refuse a frame of `size` (height, width) too large for a COCO RLE; `value` is shown."""
+    if size[0] * size[1] >= _MAX_FRAME_PIXELS:
+        raise _error(path, location, value, "expected fewer than 2**32 pixels, a COCO RLE's most")
 
 
 def _checked(entry, key: str, path: str, where: str, is_valid: Callable | None, expected: str):
@@ -82,7 +106,7 @@ def read_coco_json(path: str):
     with open(path, encoding="utf-8") as f:
         try:
             return json.load(f)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CocoFormatError(f"{path} is not valid JSON: {e}") from None
 
 
@@ -104,8 +128,9 @@ def check_segmentation(
     min_polygon_points: int = 3,
 ) -> None:
     """
-    Check a "segmentation": a list of polygons or an RLE dict, its "size" the frame's
-    [height, width] and its runs covering the frame exactly (compressed runs are decoded).
+    Check a "segmentation": a list of polygons of finite coordinates or an RLE dict, its "size"
+    the frame's [height, width] (both > 0) and its runs covering the frame exactly (compressed
+    runs are decoded).
 
     Args:
         frame_size: (height, width) of the image; None to take an RLE's own "size".
@@ -118,6 +143,10 @@ def check_segmentation(
             problem = _polygon_error(polygon, min_polygon_points)
             if problem:
                 raise _error(path, f"{location}[{index}]", polygon, problem)
+            for coordinate, value in enumerate(polygon):
+                if not math.isfinite(value):
+                    where = f"{location}[{index}][{coordinate}]"
+                    raise _error(path, where, value, "expected a finite coordinate")
         return
     if not (isinstance(segmentation, dict) and "counts" in segmentation):
         raise _error(path, location, segmentation, "expected a list of polygons or an RLE dict")
@@ -126,15 +155,22 @@ def check_segmentation(
         "size",
         path,
         location,
-        lambda v: isinstance(v, list) and len(v) == 2 and all(_is_count(n) for n in v),
-        "expected [height, width]",
+        lambda v: isinstance(v, list) and len(v) == 2 and all(_is_count(n) and n > 0 for n in v),
+        "expected [height, width], integers > 0",
     )
     if frame_size is not None and size != list(frame_size):
         raise _error(path, f"{location}['size']", size, f"expected the image's {list(frame_size)}")
+    _check_frame_pixels(size, path, f"{location}['size']", size)
     counts = segmentation["counts"]
-    if not (isinstance(counts, str) or isinstance(counts, list) and all(map(_is_count, counts))):
+    runs_valid = isinstance(counts, list) and all(
+        _is_count(n) and n < _MAX_FRAME_PIXELS for n in counts
+    )
+    if not (isinstance(counts, str) or runs_valid):
         raise _error(
-            path, f"{location}['counts']", counts, "expected a string or a list of integers >= 0"
+            path,
+            f"{location}['counts']",
+            counts,
+            "expected a string or a list of integers in [0, 2**32)",
         )
     try:
         frame_runs(segmentation, *size)
@@ -142,8 +178,9 @@ def check_segmentation(
         raise _error(path, f"{location}['counts']", counts, str(e)) from None
 
 
-def _checked_images(images: list, path: str, need_file_names: bool) -> dict:
+def _checked_images(images: list, path: str, need_file_names: bool, integer_ids: bool) -> dict:
     """{image id: (height, width)} of the "images" of a ground-truth file."""
+    is_id, an_id = _id_kind(integer_ids)
     frame_sizes = {}
     for index, image in enumerate(images):
         where = f"images[{index}]"
@@ -152,8 +189,8 @@ def _checked_images(images: list, path: str, need_file_names: bool) -> dict:
             "id",
             path,
             where,
-            lambda v: _is_id(v) and v not in frame_sizes,
-            "expected an id that no earlier image has",
+            lambda v: is_id(v) and v not in frame_sizes,
+            f"expected {an_id} that no earlier image has",
         )
         frame_sizes[image_id] = tuple(
             _checked(
@@ -161,6 +198,7 @@ def _checked_images(images: list, path: str, need_file_names: bool) -> dict:
             )
             for key in ("height", "width")
         )
+        _check_frame_pixels(frame_sizes[image_id], path, where, image)
         if need_file_names or "file_name" in image:
             _checked(
                 image, "file_name", path, where, lambda v: isinstance(v, str), "expected a string"
@@ -169,17 +207,22 @@ def _checked_images(images: list, path: str, need_file_names: bool) -> dict:
 
 
 def check_ground_truth(
-    data, path: str, training_set: bool = False, min_polygon_points: int = 3
+    data,
+    path: str,
+    training_set: bool = False,
+    min_polygon_points: int = 3,
+    integer_ids: bool = False,
 ) -> None:
     """
     Check a COCO ground-truth dict: lists "images" (each with a unique id, height and width > 0,
-    a str file_name if any) and "annotations" (each with the image_id of an image and a
-    segmentation of its size, see :func:`check_segmentation`).
+    a str file_name if any) and "annotations" (each with the image_id of an image, a unique id if
+    any, and a segmentation of its size, see :func:`check_segmentation`).
 
     Args:
         training_set: also require what a training set needs: a list "categories" (each with an
             id), each image's file_name, each annotation's id and the category_id of a category.
         min_polygon_points: as in :func:`check_segmentation`.
+        integer_ids: require integer image and annotation ids (64-bit), not strings.
     """
     if not isinstance(data, dict):
         raise _error(path, "the file", data, "expected a dict with 'images' and 'annotations'")
@@ -190,7 +233,9 @@ def check_ground_truth(
         _checked(category, "id", path, f"categories[{index}]", _is_id, "expected an id")
         for index, category in enumerate(data.get("categories", []) if training_set else [])
     }
-    frame_sizes = _checked_images(data["images"], path, training_set)
+    frame_sizes = _checked_images(data["images"], path, training_set, integer_ids)
+    is_id, an_id = _id_kind(integer_ids)
+    annotation_ids = set()
     for index, annotation in enumerate(data["annotations"]):
         where = f"annotations[{index}]"
         image_id = _checked(
@@ -202,7 +247,16 @@ def check_ground_truth(
             "expected the id of an entry of 'images'",
         )
         if training_set or "id" in annotation:
-            _checked(annotation, "id", path, where, _is_id, "expected an id")
+            annotation_ids.add(
+                _checked(
+                    annotation,
+                    "id",
+                    path,
+                    where,
+                    lambda v: is_id(v) and v not in annotation_ids,
+                    f"expected {an_id} that no earlier annotation has",
+                )
+            )
         if training_set:
             _checked(
                 annotation,
@@ -224,21 +278,25 @@ def check_ground_truth(
         )
 
 
-def check_results(data, path: str) -> dict:
+def check_results(data, path: str, integer_ids: bool = False) -> dict:
     """
-    Check a COCO results list: entries with image_id, score (a number) and segmentation (see
-    :func:`check_segmentation`), the RLEs of one image all of one size.
+    Check a COCO results list: entries with image_id, score (a finite number) and segmentation
+    (see :func:`check_segmentation`), the RLEs of one image all of one size.
+
+    Args:
+        integer_ids: require integer image ids (64-bit), not strings.
 
     Returns:
         {image_id: (height, width)} of the images with at least one RLE (polygons give no size).
     """
     if not isinstance(data, list):
         raise _error(path, "the file", data, "expected a results list")
+    is_id, an_id = _id_kind(integer_ids)
     frame_sizes = {}
     for index, entry in enumerate(data):
         where = f"[{index}]"
-        image_id = _checked(entry, "image_id", path, where, _is_id, "expected an id")
-        _checked(entry, "score", path, where, _is_number, "expected a number")
+        image_id = _checked(entry, "image_id", path, where, is_id, f"expected {an_id}")
+        _checked(entry, "score", path, where, _is_finite_number, "expected a finite number")
         segmentation = _checked(entry, "segmentation", path, where, None, "expected a segmentation")
         check_segmentation(segmentation, None, path, f"{where}['segmentation']")
         if isinstance(segmentation, dict):
@@ -280,8 +338,7 @@ def check_distinct_names(
 
 def read_image(path: str, frame_size: tuple[int, int], json_path: str, where: str) -> np.ndarray:
     """
-    Read the photo of a COCO image (IMREAD_COLOR applies the EXIF orientation, as Detectron2's
-    reader does).
+    Read the photo of a COCO image whole (see :func:`segtools.data.images.read_image`).
 
     Args:
         frame_size: (height, width) that `json_path` gives it, at `where` (e.g. "images[3]").
@@ -290,12 +347,10 @@ def read_image(path: str, frame_size: tuple[int, int], json_path: str, where: st
         (H, W, 3) BGR uint8 image.
 
     Raises:
-        OSError: if `path` cannot be read as an image.
+        ImageReadError: if `path` is missing, not an image or truncated.
         CocoFormatError: if the photo's size differs from `frame_size`.
     """
-    photo = cv2.imread(path, cv2.IMREAD_COLOR)
-    if photo is None:
-        raise OSError(f"Cannot read image {path} (missing, corrupt or not an image)")
+    photo = images.read_image(path)
     if photo.shape[:2] != tuple(frame_size):
         raise CocoFormatError(
             f"{json_path}: {where} gives [height, width] = {list(frame_size)} but the image "

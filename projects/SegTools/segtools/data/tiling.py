@@ -5,14 +5,16 @@ A square window of ``tile`` pixels slides over each photo with stride ``tile - o
 window of a row or column is shifted back to end at the border, so tiles are never padded. Every
 source instance is cropped into the tiles it shows in, subject to a minimum visible fraction
 (LosNet, section 4.1.2: "we split images with a sliding window").
+
+Tiles are at least ``MIN_TILE`` (32) pixels wide: a smaller window holds too little of a
+particle to learn from, and the tiles multiply (a 4000 x 3000 photo cut into 1-pixel tiles gives
+12 million files).
 """
 
-import enum
 import os
 from dataclasses import dataclass, field, fields
 
 import numpy as np
-import shapely
 from tqdm import tqdm
 
 from ..atomic_io import (
@@ -21,10 +23,12 @@ from ..atomic_io import (
     atomic_write_json,
     check_new_or_empty_folder,
 )
-from .coco_format import annotation_from_mask, decode_in_box
+from .coco_format import Placement, annotation_from_mask, place_segmentation
 from .coco_input import check_distinct_names, check_ground_truth, read_coco_json, read_image
 
-__all__ = ["TilingSummary", "tile_windows", "tile_coco_dataset"]
+__all__ = ["MIN_TILE", "TilingSummary", "tile_windows", "tile_coco_dataset"]
+
+MIN_TILE = 32  # pixels
 
 # Keys that every tile annotation sets itself; any other key of a source annotation is copied.
 _KEYS_SET_PER_TILE = frozenset(
@@ -49,6 +53,7 @@ class TilingSummary:
     placements_kept_only_as_best: int = field(
         default=0, metadata={"label": "placements kept only as best window"}
     )
+    empty_dropped: int = field(default=0, metadata={"label": "empty annotations dropped"})
     degenerate_dropped: int = field(default=0, metadata={"label": "degenerate annotations dropped"})
     clipped_at_border: int = field(
         default=0, metadata={"label": "annotations clipped at the image border"}
@@ -66,8 +71,8 @@ class TilingSummary:
 
 
 def _check_tiling_parameters(tile: int, overlap: int) -> None:
-    if tile < 1:
-        raise ValueError(f"tile must be >= 1 pixel, got tile={tile}")
+    if tile < MIN_TILE:
+        raise ValueError(f"tile must be >= {MIN_TILE} pixels, got tile={tile}")
     if not 0 <= overlap < tile:
         raise ValueError(
             f"overlap must satisfy 0 <= overlap < tile, got overlap={overlap}, tile={tile}"
@@ -104,13 +109,6 @@ def tile_windows(
     return [(x0, y0, x1, y1) for y0, y1 in rows for x0, x1 in columns]
 
 
-class _Geometry(enum.Enum):
-    INSIDE = enum.auto()
-    CLIPPED = enum.auto()
-    DEGENERATE = enum.auto()
-    OUTSIDE = enum.auto()
-
-
 @dataclass(frozen=True)
 class _Instance:
     """A source instance, its mask kept over its own tight bounding box only."""
@@ -121,41 +119,19 @@ class _Instance:
     area: int  # pixels inside the image
 
 
-def _kept_polygons(polygons: list, height: int, width: int) -> tuple[list, bool]:
-    """
-    The non-degenerate polygons (at least 3 points and an area), and whether any point of them
-    lies outside the (height, width) image.
-    """
-    kept = []
-    for polygon in polygons:
-        points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
-        # make_valid keeps the area of self-intersecting rings, whose plain shoelace area may be 0.
-        if len(points) >= 3 and shapely.make_valid(shapely.Polygon(points)).area > 0:
-            kept.append(points)
-    if not kept:
-        return [], False
-    all_points = np.concatenate(kept)
-    outside = bool(all_points.min() < 0 or (all_points.max(axis=0) > (width, height)).any())
-    return [points.ravel().tolist() for points in kept], outside
-
-
-def _rasterise(annotation: dict, height: int, width: int) -> tuple[_Geometry, _Instance | None]:
-    """
-    Rasterise one checked annotation over its tight box only, clipped to the image by
-    pycocotools as Detectron2 does; say how it fits the image.
-    """
-    segmentation, outside = annotation["segmentation"], False
-    if isinstance(segmentation, list):
-        segmentation, outside = _kept_polygons(segmentation, height, width)
-        if not segmentation:
-            return _Geometry.DEGENERATE, None
-    mask, (x0, y0) = decode_in_box(segmentation, height, width)
+def _instance(
+    annotation: dict, height: int, width: int, summary: TilingSummary
+) -> _Instance | None:
+    """The instance of a checked annotation, None if it has no pixel; counted in `summary`."""
+    placement, (mask, (x0, y0)) = place_segmentation(annotation["segmentation"], height, width)
+    summary.empty_dropped += placement is Placement.EMPTY
+    summary.degenerate_dropped += placement is Placement.TOO_THIN
+    summary.outside_dropped += placement is Placement.OUTSIDE
+    summary.clipped_at_border += placement is Placement.CLIPPED
     if mask.size == 0:
-        # Nothing inside the image: either it all lies outside, or it is too thin to cover a pixel.
-        return (_Geometry.OUTSIDE if outside else _Geometry.DEGENERATE), None
+        return None
     box = (x0, y0, x0 + mask.shape[1], y0 + mask.shape[0])
-    instance = _Instance(annotation, box, mask, int(np.count_nonzero(mask)))
-    return (_Geometry.CLIPPED if outside else _Geometry.INSIDE), instance
+    return _Instance(annotation, box, mask, int(np.count_nonzero(mask)))
 
 
 def _visible_crops(instance: _Instance, windows: list[tuple]) -> list[tuple]:
@@ -244,8 +220,9 @@ def tile_coco_dataset(
 
     An instance is kept in a tile if at least `min_visible_fraction` of its in-image pixels are
     visible there, and always in its best window, so each instance is in at least one tile. Tiles
-    without instances are kept. Geometry outside the image is clipped; annotations that are
-    degenerate or entirely outside are dropped; both are counted.
+    without instances are kept. Polygons reaching outside the image are clipped to it (however far
+    out a vertex lies); annotations that are empty, too thin to cover a pixel or wholly outside are
+    dropped; all are counted (see :func:`place_segmentation`).
 
     Args:
         image_dir: folder holding the images under their "file_name".
@@ -255,7 +232,7 @@ def tile_coco_dataset(
             compressed RLE with "source_id", "visible_fraction" and the source's extra keys;
             images with "source_image_id", "source_file" and "tile_box" [x0, y0, x1, y1]).
             It must not exist or be empty, and appears only once complete.
-        tile, overlap: window side and overlap of neighbouring windows, in pixels.
+        tile, overlap: window side (>= MIN_TILE) and overlap of neighbouring windows, in pixels.
         min_visible_fraction: in [0, 1].
         show_progress: show a progress bar over the images.
 
@@ -267,7 +244,8 @@ def tile_coco_dataset(
         FileNotFoundError: if `annotations_json` or an image is missing.
         CocoFormatError: if `annotations_json` is not such a file, or an image's size is not the
             one it gives.
-        OSError: if an image cannot be read.
+        ImageReadError: if an image cannot be read whole.
+        ValueError: if `tile`, `overlap` or `min_visible_fraction` is out of range.
     """
     _check_tiling_parameters(tile, overlap)
     if not 0 <= min_visible_fraction <= 1:
@@ -297,14 +275,11 @@ def tile_coco_dataset(
                 annotations_json,
                 f"images[{image_index}]",
             )
-            instances = []
-            for annotation in annotations_by_image[image_entry["id"]]:
-                geometry, instance = _rasterise(annotation, height, width)
-                summary.degenerate_dropped += geometry is _Geometry.DEGENERATE
-                summary.outside_dropped += geometry is _Geometry.OUTSIDE
-                summary.clipped_at_border += geometry is _Geometry.CLIPPED
-                if instance is not None:
-                    instances.append(instance)
+            instances = [
+                instance
+                for annotation in annotations_by_image[image_entry["id"]]
+                if (instance := _instance(annotation, height, width, summary)) is not None
+            ]
             summary.source_instances += len(instances)
 
             windows = tile_windows(width, height, tile, overlap)

@@ -1,9 +1,12 @@
-"""Pictures of predictions, drawn with Detectron2's Visualizer."""
+"""Pictures of predictions and of dataset annotations, drawn with Detectron2's Visualizer."""
 
+import cv2
 import numpy as np
 from detectron2.utils.visualizer import ColorMode, GenericMask, Visualizer
 
-__all__ = ["draw_detections"]
+from ..data.images import read_image
+
+__all__ = ["draw_dataset_grid", "draw_detections"]
 
 # Above this many instances, labels would hide the particles: masks only.
 _MAX_LABELLED = 50
@@ -63,3 +66,27 @@ def draw_detections(image: np.ndarray, detections: list, metadata) -> np.ndarray
     masks = [_OutlinedMask(polygons, d.area, height, width) for d, polygons in outlined]
     drawn = visualizer.overlay_instances(masks=masks, labels=labels, alpha=0.4)
     return drawn.get_image()[:, :, ::-1]
+
+
+def draw_dataset_grid(records: list, metadata, scale: float = 1.0) -> np.ndarray:
+    """
+    Args:
+        records: Detectron2 dataset dicts (file_name and annotations).
+        metadata: Detectron2 metadata of their dataset.
+        scale: size of the drawn images relative to the originals.
+
+    Returns:
+        (H, W, 3) BGR picture: per record a column, its image above its drawn annotations.
+
+    Raises:
+        ImageReadError: if an image cannot be read whole.
+    """
+    columns = []
+    for record in records:
+        image = read_image(record["file_name"])
+        visualizer = Visualizer(image[:, :, ::-1], metadata, scale, ColorMode.IMAGE)
+        drawn = visualizer.draw_dataset_dict(record).get_image()[:, :, ::-1]
+        raw = cv2.resize(image, (drawn.shape[1], drawn.shape[0]))
+        columns.append(np.vstack([raw, drawn]))
+    height = max(c.shape[0] for c in columns)
+    return np.hstack([np.pad(c, ((0, height - c.shape[0]), (0, 0), (0, 0))) for c in columns])
