@@ -20,6 +20,7 @@ from segtools.cli import run_tool
 from segtools.config import get_project_cfg
 from segtools.data.synthetic_ore import render_synthetic_ore_image
 from segtools.inference import run as prediction_run
+from segtools.projects import registered_projects
 
 from helpers import REPO_ROOT, load_script, save_random_losnet
 
@@ -99,7 +100,8 @@ def partial_files(out) -> list:
 
 
 # Per case: its arguments (of the files and the output folder) and its error message, where
-# {f.NAME} stands for the path of a file of the `files` fixture.
+# {f.NAME} stands for the path of a file of the `files` fixture and {registered} for the
+# meta-architectures whose test keys are registered.
 REFUSED = {
     "weights of another model": (
         lambda f, out: argv(f, out, weights=f.mask_rcnn),
@@ -179,8 +181,8 @@ REFUSED = {
     "score threshold of an unregistered model": (
         lambda f, out: argv(f, out, "--score-thresh", "0.3", config=f.root / "semantic.yaml"),
         "--score-thresh: MODEL.META_ARCHITECTURE 'SemanticSegmentor' has no registered test keys "
-        "(score threshold, detections per image); registered: ['GeneralizedRCNN', 'LosNet', "
-        "'PanopticFPN', 'RetinaNet']. Its project declares them in its "
+        "(score threshold, detections per image); registered: {registered}. Its project declares "
+        "them in its "
         "segtools.projects.Project(inference_keys=...)",
     ),
     "every 0th frame": (
@@ -227,7 +229,8 @@ def test_refused_in_one_line_before_writing(case, files, tmp_path, capsys):
     make_args, message = REFUSED[case]
     used_before = sorted(os.listdir(files.root / "used"))
     assert exit_code(make_args(files, tmp_path / "out")) == 2
-    assert error_message(capsys.readouterr().err) == message.format(f=files)
+    registered = sorted(a for p in registered_projects() for a in p.inference_keys)
+    assert error_message(capsys.readouterr().err) == message.format(f=files, registered=registered)
     assert not os.path.exists(tmp_path / "out")
     assert sorted(os.listdir(files.root / "used")) == used_before
 
@@ -268,22 +271,25 @@ def read_summary(out) -> dict:
 
 
 @pytest.mark.parametrize(
-    "where, flags",
+    "where, failed, flags",
     [
-        (os.path.join("images", "b.json"), []),
-        (os.path.join("psd", "images", ".tmp-b-"), ["--psd", "--mm-per-px", "0.5"]),
+        ("images/b.json", "images/b.json", []),
+        ("psd/images/.tmp-b-", "psd/images/b/particles.csv", ["--psd", "--mm-per-px", "0.5"]),
     ],
     ids=["image results", "image psd report"],
 )
-def test_full_disk_mid_run_keeps_a_summary(where, flags, files, tmp_path, monkeypatch, capsys):
+def test_full_disk_mid_run_keeps_a_summary(
+    where, failed, flags, files, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "out"
     fail_writes(monkeypatch, errno.ENOSPC, where)
     assert exit_code(argv(files, out, *flags, inputs=[files.a, files.b, files.nan])) == 2
-    assert error_message(capsys.readouterr().err) == f"{out}: {os.strerror(errno.ENOSPC)}"
+    disk_full = os.strerror(errno.ENOSPC)
+    assert error_message(capsys.readouterr().err) == f"{out / failed}: {disk_full}"
     summary = read_summary(out)
     assert summary["complete"] is False
-    disk_full = f"OSError: [Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}: '{out}'"
-    assert summary["failure"] == {"at": f"predicting {files.b}", "error": disk_full}
+    error = f"OSError: [Errno {errno.ENOSPC}] {disk_full}: '{out / failed}'"
+    assert summary["failure"] == {"at": f"predicting {files.b}", "error": error}
     assert [image["name"] for image in summary["images"]] == ["a"]
     assert summary["not_predicted"] == [files.b, files.nan]
     with open(out / "results.json") as f:
@@ -297,7 +303,8 @@ def test_full_disk_from_the_start_writes_nothing(files, tmp_path, monkeypatch, c
     out = tmp_path / "out"
     fail_writes(monkeypatch, errno.ENOSPC, str(out))
     assert exit_code(argv(files, out)) == 2
-    assert error_message(capsys.readouterr().err) == f"{out}: {os.strerror(errno.ENOSPC)}"
+    expected = f"{out}/images/a.json: {os.strerror(errno.ENOSPC)}"
+    assert error_message(capsys.readouterr().err) == expected
     assert [names for _, _, names in os.walk(out)] == [[], []]  # out/ and out/images/, empty
 
 

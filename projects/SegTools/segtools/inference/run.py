@@ -152,9 +152,6 @@ def predict_to_folder(
 
 def _write_failed_run(error: BaseException, output: str, record: _Record) -> None:
     """Write the run files of what was done before `error`, naming it (best effort)."""
-    if isinstance(error, OSError) and error.errno and not error.filename:
-        # A write on a full disk names no file: name the folder being written.
-        error.filename = output
     message = " ".join(str(error).split())
     name = type(error).__name__
     failure = {"at": record.doing, "error": f"{name}: {message}" if message else name}
