@@ -53,5 +53,5 @@ class NonLocalBlock(nn.Module):
         g = self.g(x).flatten(2).transpose(1, 2)  # (N, HW, C')
         affinity = torch.bmm(theta, phi) / math.sqrt(theta.shape[-1])  # (N, HW, HW)
         y = torch.bmm(affinity.softmax(dim=-1), g)  # (N, HW, C')
-        y = y.transpose(1, 2).reshape(n, -1, h, w)
+        y = y.transpose(1, 2).reshape(n, g.shape[-1], h, w)
         return x + self.conv_out(y)

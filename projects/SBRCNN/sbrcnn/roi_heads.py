@@ -236,23 +236,14 @@ class R3ROIHeads(StandardROIHeads):
                 loop_losses = self.box_predictor[pair].losses(predictions, samples)
                 proposals = self._refine(predictions, samples, pair)
                 if self.mask_on:
-                    mask_samples = self._label_and_sample(proposals, targets, loop, "roi_head")
+                    mask_samples = self._label_and_sample(proposals, targets, loop, "mask_head")
                     loop_losses.update(self._mask_losses(features, mask_samples, loop))
             for name, value in loop_losses.items():
-                weight = 1.0 if name == "loss_maskiou" else self.loop_weights[loop]
-                losses[name if name == "loss_maskiou" else f"{name}_loop{loop}"] = value * weight
-        losses["loss_cls_loop0"] = losses["loss_cls_loop0"] + self._unused_pairs_zero()
+                if name == "loss_maskiou":  # the last loop's, unweighted as in the authors' code
+                    losses[name] = value
+                else:
+                    losses[f"{name}_loop{loop}"] = value * self.loop_weights[loop]
         return losses
-
-    def _unused_pairs_zero(self) -> torch.Tensor:
-        """
-        0, computed from the parameters of the head pairs that no training loop uses (pairs of
-        test loops only): DistributedDataParallel needs every parameter in the graph.
-        """
-        unused = set(range(len(self.box_head))) - set(self.train_pairs)
-        modules = [self.box_head, self.box_predictor] + ([self.mask_head] if self.mask_on else [])
-        params = [p for m in modules for pair in unused for p in m[pair].parameters()]
-        return sum(p.sum() for p in params) * 0.0
 
     @torch.no_grad()
     def _label_and_sample(
