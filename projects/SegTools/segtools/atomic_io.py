@@ -39,19 +39,43 @@ def check_new_or_empty_folder(path: str, what: str = "output folder") -> None:
 
 
 @contextlib.contextmanager
+def _errors_name(path: str, staging: str, within: bool) -> Iterator[None]:
+    """
+    Re-raise a system error of the block (a full disk, a read-only folder) naming `path`, which
+    the user knows, instead of the staging path, or naming it at all when the error names no
+    file (a failed write).
+
+    Args:
+        staging: the prefix of the staging paths the block uses.
+        within: `staging` is a folder standing for `path`: a file in it is named as the same
+            file in `path`. Else every staging path stands for `path` itself.
+    """
+    try:
+        yield
+    except OSError as e:
+        name = None if e.filename is None else str(e.filename)
+        if e.errno is None or (name is not None and not name.startswith(staging)):
+            raise
+        shown = path + name[len(staging) :] if within and name else path
+        raise OSError(e.errno, e.strerror, shown) from e
+
+
+@contextlib.contextmanager
 def _temporary_sibling(path: str, suffix: str) -> Iterator[str]:
     """Yield a temporary path next to `path`; rename it onto `path` if the block succeeds."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    # mkstemp makes the file private (0600); the result is an ordinary, shareable file.
-    os.chmod(tmp_path, 0o644)
+    tmp_path = None
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with _errors_name(path, os.path.join(directory, ".tmp-"), within=False):
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+            os.close(fd)
+            # mkstemp makes the file private (0600); the result is an ordinary, shareable file.
+            os.chmod(tmp_path, 0o644)
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
-        if os.path.exists(tmp_path):
+        if tmp_path is not None and os.path.exists(tmp_path):
             os.remove(tmp_path)
 
 
@@ -96,17 +120,19 @@ def atomic_directory(path: str) -> Iterator[str]:
     the existing one kept, so concurrent writers of the same deterministic content are safe.
     """
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
-    # mkdtemp makes the folder private (0700); the result is an ordinary, shareable folder.
-    os.chmod(tmp, 0o755)
+    with _errors_name(path, os.path.join(parent, ".tmp-"), within=False):
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+        # mkdtemp makes the folder private (0700); the result is an ordinary, shareable folder.
+        os.chmod(tmp, 0o755)
     try:
-        yield tmp
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not os.path.isdir(path):
-                raise
+        with _errors_name(path, tmp, within=True):
+            yield tmp
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                if not os.path.isdir(path):
+                    raise
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp)
