@@ -9,11 +9,16 @@ Train and evaluate every model of this repository with Detectron2's training loo
         --dist-url tcp://HOST0:PORT   # and --machine-rank 1 on the second machine
 
 The evaluator follows the test dataset's metadata (COCO, LVIS or Cityscapes); every evaluation
-also writes its results to OUTPUT_DIR/evaluation_results.json. The work is done by
-segtools.engine; every registered project's config keys are known.
+also writes its results to OUTPUT_DIR/evaluation_results.json. `--eval-only` refuses weights that
+are not a checkpoint of the config's model unless `--allow-partial-weights`; training starts from
+the weights of MODEL.WEIGHTS that match (see segtools.engine). The work is done by
+segtools.engine; every registered project's config keys are known. A mistake in the input exits
+with code 2 and one line on stderr.
 """
+
+import sys
 
 from segtools.engine import launch_from_command_line
 
 if __name__ == "__main__":
-    launch_from_command_line()
+    sys.exit(launch_from_command_line())

@@ -18,34 +18,58 @@ GFLOPs (fvcore's count, one multiply-add is one flop, batched matrix products of
 included; the operators left out are listed under the table), median / min / max latency, the
 latency as a ratio to the first config, and the number of instances each model returned.
 
-`--exported DIR` adds a row for a model written by scripts/export.py (TorchScript or ONNX Runtime),
-run on an input of the export size; its size is the file's. For equal work, export it with a
-score threshold of 0 and `TEST.DETECTIONS_PER_IMAGE` equal to `--top-k`.
+`--exported DIR` adds a row for a model written by scripts/export.py (TorchScript or ONNX Runtime,
+on the CPU: `--device cpu`), run on an input of the export size; its size is the file's. For equal
+work, export it with a score threshold of 0 and `TEST.DETECTIONS_PER_IMAGE` equal to `--top-k`.
 
 `--paper CSV` prints a paper's published figures beside the measured ones, matched by model name
 (columns model, paper_row, paper_infer_ms, paper_size_MB; e.g. projects/LosNet/paper_table8.csv,
 LosNet's Table 8, measured on an NVIDIA 2080 Ti). The paper's ratio is to the first row's paper
 latency, so the two ratio columns compare like with like.
+
+Argument values are checked when parsed (sizes of at least 32, counts in range, a device this
+machine has); a mistake in the input exits with code 2 and one line on stderr.
 """
 
 import argparse
 import os
+import sys
 
 import torch
+from detectron2.config import CfgNode
 
 from segtools.atomic_io import atomic_write_json
 from segtools.benchmark import BenchmarkSettings, format_table, read_paper_figures, run_benchmark
+from segtools.cli import bounded_int, run_tool
+from segtools.config import ConfigValueError, check_device
+from segtools.export import MIN_INPUT_SIZE
+
+
+def device(text: str) -> str:
+    """An argparse type: cpu, cuda or cuda:N that this machine has (checked as MODEL.DEVICE is)."""
+    try:
+        check_device(CfgNode({"MODEL": CfgNode({"DEVICE": text})}))
+    except ConfigValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
+    positive = bounded_int(1)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", nargs="+", required=True, help="configs, first = 1.00x")
-    parser.add_argument("--input-size", nargs=2, type=int, default=[800, 1216], metavar=("H", "W"))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--top-k", type=int, default=100, help="instances every model returns")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument(
+        "--input-size",
+        nargs=2,
+        type=bounded_int(MIN_INPUT_SIZE),
+        default=[800, 1216],
+        metavar=("H", "W"),
+    )
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--runs", type=positive, default=10)
+    parser.add_argument("--warmup", type=bounded_int(0), default=2)
+    parser.add_argument("--top-k", type=positive, default=100, help="instances every model returns")
+    parser.add_argument("--threads", type=positive, default=os.cpu_count(), help="CPU threads")
     parser.add_argument("--fold-bn", action="store_true", help="fold BatchNorms into convs first")
     parser.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count")
     parser.add_argument("--exported", action="append", default=[], help="scripts/export.py folder")
@@ -54,38 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
     for config_file in args.config_file:
         if not os.path.isfile(config_file):
-            parser.error(f"config file not found: {config_file}")
-    try:
-        settings = BenchmarkSettings(
-            input_size=tuple(args.input_size),
-            device=args.device,
-            runs=args.runs,
-            warmup=args.warmup,
-            top_k=args.top_k,
-            fold_bn=args.fold_bn,
-            count_flops=not args.no_flops,
-        )
-        paper = read_paper_figures(args.paper) if args.paper else {}
-    except (OSError, ValueError) as e:
-        parser.error(str(e))
-
+            parser.error(f"--config-file {config_file}: no such file")
+    settings = BenchmarkSettings(
+        input_size=tuple(args.input_size),
+        device=args.device,
+        runs=args.runs,
+        warmup=args.warmup,
+        top_k=args.top_k,
+        fold_bn=args.fold_bn,
+        count_flops=not args.no_flops,
+    )
+    paper = read_paper_figures(args.paper) if args.paper else {}
     torch.set_num_threads(args.threads)
-    try:
-        rows, run_settings = run_benchmark(args.config_file, args.exported, settings, paper)
-    except ValueError as e:
-        parser.error(str(e))
+    rows, run_settings = run_benchmark(args.config_file, args.exported, settings, paper)
     print(format_table(rows, run_settings, args.paper))
     if args.json:
         atomic_write_json(args.json, {"settings": run_settings, "rows": rows}, indent=2)
-    return rows
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main))

@@ -13,19 +13,26 @@ the config's channel order (INPUT.FORMAT, 0-255) and returns the detections' fie
 folder (new or empty) receives model.ts or model.onnx, export.json (input size, channel order,
 output names) and parity.json: on the sample images (three synthetic ore images by default) the
 exported model's outputs are compared with the unfolded PyTorch model's, and the median latency of
-both is measured. The exit code is 1 when an output is outside the tolerances printed with it.
+both is measured. The exit code is 1 when an output is outside the tolerances printed with it, 2
+after a mistake in the input (one line on stderr; nothing is left in the output folder).
+`--allow-partial-weights` exports a checkpoint whose parameters do not all match the model's.
 """
 
 import argparse
 import os
 import sys
 
-from segtools.atomic_io import check_new_or_empty_folder
-from segtools.config import get_project_cfg
-from segtools.export import EXPORT_FORMATS, TOLERANCES, export_and_check, exported_file
+from segtools.cli import bounded_int, run_tool
+from segtools.export import (
+    EXPORT_FORMATS,
+    MIN_INPUT_SIZE,
+    TOLERANCES,
+    export_from_config,
+    exported_file,
+)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -33,27 +40,36 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", required=True)
     parser.add_argument("--format", choices=sorted(EXPORT_FORMATS), required=True)
     parser.add_argument("--output", required=True, help="output folder (new or empty)")
-    parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"))
+    parser.add_argument(
+        "--input-size", nargs=2, type=bounded_int(MIN_INPUT_SIZE), metavar=("H", "W")
+    )
     parser.add_argument(
         "--sample-image", action="append", help="an image for the parity check (repeatable)"
     )
+    parser.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="load the weights that match the model instead of refusing a checkpoint of "
+        "another model",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
-    args = parser.parse_args(argv)
-    for path in (args.config_file, args.weights, *(args.sample_image or [])):
-        if not os.path.isfile(path):
-            parser.error(f"no such file: {path}")
-    try:
-        check_new_or_empty_folder(args.output, "--output")
-    except FileExistsError as e:
-        parser.error(str(e))
+    return parser
 
-    cfg = get_project_cfg(args.config_file, args.opts)
-    cfg.MODEL.DEVICE = "cpu"
-    size = args.input_size or [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST]
-    if min(size) < 32:
-        parser.error(f"--input-size must be at least 32 x 32, got {size}")
-    parity = export_and_check(
-        cfg, args.config_file, args.weights, args.format, args.output, size, args.sample_image
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.config_file):
+        parser.error(f"--config-file {args.config_file}: no such file")
+    parity = export_from_config(
+        args.config_file,
+        args.weights,
+        args.format,
+        args.output,
+        args.input_size,
+        args.sample_image or (),
+        args.opts,
+        args.allow_partial_weights,
     )
     for index, report in enumerate(parity["images"]):
         print(f"sample {index}: " + ", ".join(f"{n} {v}" for n, v in report.items()))
@@ -68,4 +84,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

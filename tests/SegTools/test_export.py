@@ -1,16 +1,18 @@
 """Export of a tiny LosNet to TorchScript and ONNX: outputs equal PyTorch's on sample images."""
 
 import json
+import os
 
 import cv2
 import pytest
 import torch
 
 from segtools.batch_norm import calibrate_batch_norms
+from segtools.cli import run_tool
 from segtools.data.synthetic_ore import render_synthetic_ore_image
 from segtools.export import load_exported
 
-from helpers import REPO_ROOT, build_losnet, load_script
+from helpers import REPO_ROOT, build_losnet, load_script, save_random_losnet
 
 CONFIG = str(REPO_ROOT / "configs/LosNet/losnet_MV3S_ore_synthetic.yaml")
 THRESHOLD = ["MODEL.LOSNET.SCORE_THRESH_TEST", "0.5", "TEST.DETECTIONS_PER_IMAGE", "300"]
@@ -85,21 +87,10 @@ def test_exported_outputs_equal_pytorch(weights, samples, tmp_path, export_forma
     assert "latency" in parity and parity["latency"][f"{export_format}_ms"] > 0
 
 
-def test_bad_arguments_are_named(weights, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        export.main(
-            [
-                "--config-file",
-                CONFIG,
-                "--weights",
-                weights,
-                "--format",
-                "tflite",
-                "--output",
-                str(tmp_path),
-            ]
-        )
-    with pytest.raises(SystemExit):
-        export.main(["--config-file", CONFIG, "--weights", str(tmp_path / "no.pth"),
-                     "--format", "onnx", "--output", str(tmp_path / "o")])  # fmt: skip
-    assert "no.pth" in capsys.readouterr().err
+def test_another_class_count_exports_with_allow_partial_weights(tmp_path):
+    weights = save_random_losnet(tmp_path / "three.pth", "MODEL.LOSNET.NUM_CLASSES", "3")
+    argv = ["--config-file", CONFIG, "--weights", weights, "--format", "torchscript",
+            "--output", str(tmp_path / "out"), "--input-size", "64", "64"]  # fmt: skip
+    assert run_tool(export.main, argv) == 2  # strict by default
+    assert run_tool(export.main, [*argv[:-3], "--allow-partial-weights", *argv[-3:]]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["export.json", "model.ts", "parity.json"]

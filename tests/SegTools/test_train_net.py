@@ -7,6 +7,7 @@ import math
 import os
 
 import pytest
+import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
@@ -17,7 +18,7 @@ from segtools import engine
 from segtools.config import get_project_cfg
 from segtools.data.synthetic_ore import generate_synthetic_ore
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, save_random_losnet
 
 CONFIG = str(REPO_ROOT / "configs/LosNet/losnet_MV3S_ore_synthetic.yaml")
 TINY = "test_train_net_synthetic_ore"
@@ -47,7 +48,7 @@ def tiny_synthetic_ore(tmp_path_factory):
 
 
 def run(*flags, opts=()):
-    args = default_argument_parser().parse_args(["--config-file", CONFIG, *flags, *SMALL, *opts])
+    args = engine.argument_parser().parse_args(["--config-file", CONFIG, *flags, *SMALL, *opts])
     return engine.main(args)
 
 
@@ -102,6 +103,24 @@ def test_eval_only_reports_the_ap_of_its_predictions(trained, tmp_path):
             assert results[task]["AP50"] == pytest.approx(100 * evaluation.stats[1], abs=1e-9)
     with open(tmp_path / "evaluation_results.json") as f:
         assert json.load(f)["segm"]["AP"] == pytest.approx(results["segm"]["AP"])
+
+
+def test_fine_tuning_starts_from_the_weights_that_match(tmp_path):
+    # A checkpoint with another number of classes: all but the classifier match.
+    weights = save_random_losnet(tmp_path / "three.pth", "MODEL.LOSNET.NUM_CLASSES", "3", seed=5)
+    given = torch.load(weights)["model"]
+    output_dir = tmp_path / "fine_tuned"
+    # Learning rate 0: the weights trained are those the run started from.
+    run(opts=["MODEL.WEIGHTS", weights, "SOLVER.MAX_ITER", "1", "SOLVER.BASE_LR", "0.0",
+              "OUTPUT_DIR", str(output_dir)])  # fmt: skip
+    final = torch.load(output_dir / "model_final.pth")["model"]
+    conv = "backbone.bottom_up.features.0.0.weight"
+    assert torch.equal(final[conv], given[conv])
+    assert final["head.cls_score.weight"].shape[0] == 1 != given["head.cls_score.weight"].shape[0]
+    # --eval-only loads such a checkpoint only when asked to.
+    evaluation = ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval")]
+    results = run("--eval-only", "--allow-partial-weights", opts=evaluation)
+    assert set(results) == {"bbox", "segm"}
 
 
 def test_config_key_typo_fails_with_detectron2s_error(tmp_path):

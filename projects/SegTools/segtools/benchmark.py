@@ -7,6 +7,7 @@ models first take their BatchNorm statistics from the benchmark image.
 """
 
 import csv
+import errno
 import os
 import platform
 import statistics
@@ -20,6 +21,7 @@ from fvcore.nn.jit_handles import get_shape
 from tabulate import tabulate
 
 from .batch_norm import calibrate_batch_norms, fold_batch_norms
+from .cli import UsageError
 from .config import get_project_cfg, set_detections_per_image, set_test_score_threshold
 from .export import exported_file, load_exported, read_export_metadata
 from .latency import measure_latency_ms
@@ -118,14 +120,35 @@ def benchmark_config(config_file: str, settings: BenchmarkSettings) -> dict:
     )
 
 
-def benchmark_exported(folder: str, settings: BenchmarkSettings) -> dict:
-    """One table row for a model written by scripts/export.py; its size is the file's."""
+def _export_metadata(folder: str, settings: BenchmarkSettings) -> dict:
+    """
+    The export.json of `folder`, checked against `settings`.
+
+    Raises:
+        UsageError: naming the folder, if it is not an export of the benchmark's input size, or
+            if the benchmark's device is not the CPU (exported models run on the CPU).
+        FileNotFoundError: if its model file is missing.
+    """
+    if settings.device != "cpu":
+        raise UsageError(
+            f"--exported {folder}: exported models run on the CPU; benchmark them with "
+            f"--device cpu, not {settings.device}"
+        )
     meta = read_export_metadata(folder)
     if list(meta["input_size"]) != list(settings.input_size):
-        raise ValueError(
+        raise UsageError(
             f"{folder} takes {meta['input_size']} inputs: benchmark it with --input-size "
             f"{meta['input_size'][0]} {meta['input_size'][1]}"
         )
+    path = exported_file(folder, meta["format"])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, "the export's model file is missing", path)
+    return meta
+
+
+def benchmark_exported(folder: str, settings: BenchmarkSettings) -> dict:
+    """One table row for a model written by scripts/export.py; its size is the file's."""
+    meta = _export_metadata(folder, settings)
     path = exported_file(folder, meta["format"])
     run = load_exported(path)
     image = _benchmark_image(settings)
@@ -165,13 +188,13 @@ def read_paper_figures(path: str) -> dict:
     CSV with the columns of PAPER_COLUMNS.
 
     Raises:
-        ValueError: naming the file and the missing column or the value that is not a number.
+        UsageError: naming the file and the missing column or the value that is not a number.
     """
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = sorted(set(PAPER_COLUMNS) - set(reader.fieldnames or ()))
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}")
+            raise UsageError(f"{path}: missing column(s) {missing}")
         figures = {}
         for line, row in enumerate(reader, start=2):
             try:
@@ -181,9 +204,9 @@ def read_paper_figures(path: str) -> dict:
                     "paper_size_MB": float(row["paper_size_MB"]),
                 }
             except (TypeError, ValueError) as e:
-                raise ValueError(
+                raise UsageError(
                     f"{path}, line {line}: a latency or size is not a number ({e})"
-                ) from e
+                ) from None
     return figures
 
 
@@ -204,12 +227,15 @@ def run_benchmark(
     config_files, exported_folders, settings: BenchmarkSettings, paper: dict | None = None
 ) -> tuple[list, dict]:
     """
-    Benchmark each config, then each exported model folder.
+    Benchmark each config, then each exported model folder (whose export.json is checked first,
+    so that a wrong folder stops the run before the configs are measured).
 
     Returns:
         (rows, run settings): rows with latency ratios to the first row and, with `paper`
         (from :func:`read_paper_figures`), the paper's figures beside the measured ones.
     """
+    for folder in exported_folders:
+        _export_metadata(folder, settings)
     rows = [benchmark_config(config_file, settings) for config_file in config_files]
     rows += [benchmark_exported(folder, settings) for folder in exported_folders]
     _add_ratios(rows, paper or {})

@@ -1,24 +1,58 @@
 """
 Training and evaluation of every registered project's models with Detectron2's training loop,
 on one process, several processes (`--num-gpus`, on GPUs or CPUs) or several machines.
+
+Weights are loaded by these rules:
+
+* A file that is not a checkpoint is refused, naming it; so is a checkpoint that provides none of
+  the model's parameters (with their shapes): it is surely another model's, and the run would
+  silently go on with random weights. MODEL.WEIGHTS "" trains from scratch on purpose.
+* `--eval-only` evaluates the weights of MODEL.WEIGHTS (or, with `--resume`, the run's last
+  checkpoint) only if they are a checkpoint of exactly this model: every parameter and buffer
+  present with its shape, nothing unknown. `--allow-partial-weights` loads what matches instead.
+* Training from MODEL.WEIGHTS loads what matches and logs the rest, as Detectron2 does: a
+  backbone pretraining, or a checkpoint with another number of classes, is a normal start for
+  fine-tuning.
+* `--resume` continues from the run's last checkpoint (OUTPUT_DIR/last_checkpoint) as Detectron2
+  does; without one it starts from MODEL.WEIGHTS as above.
+
+Every user mistake (config value, device, dataset, weights) stops the tool with one line; with
+several processes it is checked in the launching process, before the workers are started.
 """
 
+import argparse
+import functools
 import os
 from unittest import mock
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.config import CfgNode
+from detectron2.data import (
+    DatasetCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.engine import defaults as detectron2_defaults
+from detectron2.modeling import build_model
 from detectron2.utils import comm
 
 from .atomic_io import atomic_write_json
-from .config import get_project_cfg
+from .checkpoint import CheckedCheckpointer, CheckpointError
+from .cli import UsageError, run_tool
+from .config import check_device, get_project_cfg
 from .data import CheckedDatasetMapper, check_dataset_files, prepare_dataset
 from .evaluation import build_evaluator
 
-__all__ = ["Trainer", "launch_from_command_line", "main", "prepare_datasets", "setup"]
+__all__ = [
+    "Trainer",
+    "argument_parser",
+    "check_before_launch",
+    "launch_from_command_line",
+    "main",
+    "prepare_datasets",
+    "setup",
+]
 
 _create_ddp_model = detectron2_defaults.create_ddp_model
 
@@ -34,16 +68,54 @@ def _create_ddp_model_on_any_device(model, **kwargs):
     return _create_ddp_model(model, **kwargs)
 
 
+class _RunCheckpointer(CheckedCheckpointer):
+    """
+    The checkpointer of training and evaluation runs: CheckedCheckpointer that names a missing
+    or unreadable file, and refuses, even where partial weights are allowed, a checkpoint that
+    provides none of the model's parameters.
+    """
+
+    def load(self, path, *args, **kwargs):
+        # Detectron2 asserts on a missing file; URLs (detectron2://, https://) are downloaded.
+        if path and "://" not in path and not os.path.isfile(path):
+            raise CheckpointError(f"weights file not found: {path}")
+        try:
+            return super().load(path, *args, **kwargs)
+        except CheckpointError as e:
+            message = str(e)
+            raise CheckpointError(message if path in message else f"{path}: {message}") from None
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        parameters = {name for name, _ in self.model.named_parameters()}
+        not_loaded = {*incompatible.missing_keys, *(k for k, *_ in incompatible.incorrect_shapes)}
+        if parameters and parameters <= not_loaded:
+            raise CheckpointError(
+                f"none of the model's {len(parameters)} parameters is in it with its shape: a "
+                "checkpoint of another model. Check MODEL.WEIGHTS and the config, or set "
+                'MODEL.WEIGHTS "" to train from scratch'
+            )
+        return incompatible
+
+
 class Trainer(DefaultTrainer):
     """
     Detectron2's DefaultTrainer with the evaluator the test set's metadata asks for, data
     mappers whose read errors name the image, every evaluation written to
-    OUTPUT_DIR/evaluation_results.json, and DistributedDataParallel on CPUs too.
+    OUTPUT_DIR/evaluation_results.json, DistributedDataParallel on CPUs too, and the initial
+    weights checked as the module docstring says.
     """
 
     def __init__(self, cfg):
-        with mock.patch.object(
-            detectron2_defaults, "create_ddp_model", _create_ddp_model_on_any_device
+        with (
+            mock.patch.object(
+                detectron2_defaults, "create_ddp_model", _create_ddp_model_on_any_device
+            ),
+            mock.patch.object(
+                detectron2_defaults,
+                "DetectionCheckpointer",
+                functools.partial(_RunCheckpointer, allow_partial=True),
+            ),
         ):
             super().__init__(cfg)
 
@@ -70,9 +142,52 @@ class Trainer(DefaultTrainer):
         return results
 
 
-def setup(args):
-    """The frozen config of `args` (Detectron2's argument parser), logging set up."""
+def argument_parser() -> argparse.ArgumentParser:
+    """Detectron2's `default_argument_parser`, and `--allow-partial-weights`."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="with --eval-only: evaluate with the weights that match the model, the others as "
+        "initialised, instead of refusing a checkpoint whose parameters do not all match (one "
+        "of which none match is refused still; training always starts from what matches). "
+        "Flags go before the KEY VALUE config overrides.",
+    )
+    return parser
+
+
+def _checked_cfg(args) -> CfgNode:
+    """The config of `args`, its overrides, values and MODEL.DEVICE checked."""
+    if not os.path.isfile(args.config_file):
+        raise UsageError(f"--config-file {args.config_file!r}: no such file")
+    # The overrides take the rest of the command line: a flag there would reach yacs as a key.
+    flags = [opt for opt in args.opts if opt.startswith("--")]
+    if flags:
+        raise UsageError(f"{flags[0]} follows the KEY VALUE config overrides: give flags first")
+    if len(args.opts) % 2:
+        raise UsageError(f"config overrides {args.opts}: expected KEY VALUE pairs")
     cfg = get_project_cfg(args.config_file, args.opts)
+    check_device(cfg)
+    return cfg
+
+
+def _dataset_names(cfg: CfgNode, eval_only: bool) -> list:
+    """The datasets a run reads: DATASETS.TEST, and DATASETS.TRAIN unless `eval_only`."""
+    names = []
+    for split in ("TEST",) if eval_only else ("TEST", "TRAIN"):
+        for name in cfg.DATASETS[split]:
+            if name not in DatasetCatalog:
+                raise UsageError(
+                    f"DATASETS.{split}: {name!r} is not a registered dataset (see "
+                    "datasets/README.md)"
+                )
+            names.append(name)
+    return names
+
+
+def setup(args):
+    """The frozen config of `args` (:func:`argument_parser`), checked; logging set up."""
+    cfg = _checked_cfg(args)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -93,19 +208,52 @@ def prepare_datasets(dataset_names) -> None:
     comm.synchronize()
 
 
+def _load_run_weights(model, cfg: CfgNode, args) -> None:
+    """
+    Load into `model` the weights a run starts from (with `--resume` the run's last checkpoint,
+    if there is one, else MODEL.WEIGHTS) by the rules of the module docstring.
+    """
+    allow_partial = not args.eval_only or args.allow_partial_weights
+    checkpointer = _RunCheckpointer(model, cfg.OUTPUT_DIR, allow_partial=allow_partial)
+    resuming = args.resume and checkpointer.has_checkpoint()
+    if args.eval_only and not resuming and not cfg.MODEL.WEIGHTS:
+        raise UsageError(
+            "--eval-only needs trained weights: MODEL.WEIGHTS is empty (give MODEL.WEIGHTS "
+            "path/to/model_final.pth)"
+        )
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+
+
+def check_before_launch(args) -> None:
+    """
+    Check in the launching process what every worker process would otherwise stop at, each
+    with its own traceback: the config, MODEL.DEVICE, the datasets' files, and the weights
+    (loaded into the model built on the CPU).
+    """
+    cfg = _checked_cfg(args)
+    for name in _dataset_names(cfg, args.eval_only):
+        check_dataset_files(name)
+    cfg.MODEL.DEVICE = "cpu"
+    _load_run_weights(build_model(cfg), cfg, args)
+
+
 def main(args):
-    """Train, or evaluate with `--eval-only`; returns the last evaluation's results."""
+    """
+    Train, or evaluate with `--eval-only`; returns the last evaluation's results.
+
+    Args:
+        args: from :func:`argument_parser` (Detectron2's `default_argument_parser` suffices
+            for training).
+    """
     cfg = setup(args)
     if cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1:
         # Each process would take every core: share them instead of oversubscribing.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
-    prepare_datasets([*cfg.DATASETS.TEST, *([] if args.eval_only else cfg.DATASETS.TRAIN)])
+    prepare_datasets(_dataset_names(cfg, args.eval_only))
 
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        _load_run_weights(model, cfg, args)
         return Trainer.test(cfg, model)
 
     trainer = Trainer(cfg)
@@ -116,10 +264,11 @@ def main(args):
     return getattr(trainer, "_last_eval_results", None)
 
 
-def launch_from_command_line(argv=None) -> None:
-    """Parse Detectron2's training arguments and run :func:`main` on every process."""
-    args = default_argument_parser().parse_args(argv)
+def _launch(argv) -> None:
+    args = argument_parser().parse_args(argv)
     print("Command Line Args:", args)
+    if args.num_gpus * args.num_machines > 1:
+        check_before_launch(args)
     launch(
         main,
         args.num_gpus,
@@ -128,3 +277,15 @@ def launch_from_command_line(argv=None) -> None:
         dist_url=args.dist_url,
         args=(args,),
     )
+
+
+def launch_from_command_line(argv=None) -> int:
+    """
+    Parse the training arguments (:func:`argument_parser`) and run :func:`main` on every
+    process.
+
+    Returns:
+        The exit code: 0, 2 after a user's mistake (printed in one line), 128 + the signal
+        number after SIGINT or SIGTERM (see :func:`segtools.cli.run_tool`).
+    """
+    return run_tool(_launch, argv)
