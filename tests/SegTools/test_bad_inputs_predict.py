@@ -39,7 +39,10 @@ predict = load_script("predict")
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Weights of LosNet, of Mask R-CNN and random bytes; two photos, a NaN TIFF, folders."""
+    """
+    Weights of LosNet, of a 3-class LosNet, of Mask R-CNN and random bytes; two photos, a NaN
+    TIFF, folders.
+    """
     root = tmp_path_factory.mktemp("bad_inputs")
     cfg = get_project_cfg(MASK_RCNN_CONFIG, ["MODEL.DEVICE", "cpu"])
     torch.save({"model": build_model(cfg).state_dict()}, root / "mask_rcnn.pth")
@@ -59,6 +62,7 @@ def files(tmp_path_factory):
     return SimpleNamespace(
         root=root,
         losnet=save_random_losnet(root / "losnet.pth"),
+        losnet_3_classes=save_random_losnet(root / "losnet3.pth", "MODEL.LOSNET.NUM_CLASSES", "3"),
         mask_rcnn=str(root / "mask_rcnn.pth"),
         random=str(root / "random.pth"),
         a=str(root / "a.png"),
@@ -105,17 +109,13 @@ def partial_files(out) -> list:
 REFUSED = {
     "weights of another model": (
         lambda f, out: argv(f, out, weights=f.mask_rcnn),
-        "{f.mask_rcnn}: the weights are not a checkpoint of this model: the model's "
-        "backbone.bottom_up.features.0.0.weight, backbone.bottom_up.features.0.1.bias, "
-        "backbone.bottom_up.features.0.1.running_mean, "
-        "backbone.bottom_up.features.0.1.running_var, "
-        "backbone.bottom_up.features.0.1.weight and 319 more are missing or of another shape; it "
-        "holds backbone.bottom_up.res2.0.conv1.norm.bias, "
+        "{f.mask_rcnn}: none of the model's 212 parameters is in it with its shape (it holds "
+        "backbone.bottom_up.res2.0.conv1.norm.bias, "
         "backbone.bottom_up.res2.0.conv1.norm.num_batches_tracked, "
         "backbone.bottom_up.res2.0.conv1.norm.running_mean, "
         "backbone.bottom_up.res2.0.conv1.norm.running_var, "
-        "backbone.bottom_up.res2.0.conv1.norm.weight and 157 more, unknown to the model. Check the "
-        "config, or pass --allow-partial-weights to load what matches",
+        "backbone.bottom_up.res2.0.conv1.norm.weight and 157 more): a checkpoint of another "
+        "model. Check the weights and the config",
     ),
     "random bytes as weights": (
         lambda f, out: argv(f, out, weights=f.random),
@@ -387,8 +387,12 @@ def test_no_input_name_collides_with_another_output(files, tmp_path):
         assert json.load(f)["title"] == f"all {len(names)} image(s)"
 
 
-def test_weights_of_another_model_load_in_part_when_allowed(files, tmp_path):
+def test_weights_that_match_in_part_load_when_allowed(files, tmp_path, capsys):
+    # A 3-class LosNet: every parameter but the class logits' fits the 1-class model.
+    assert exit_code(argv(files, tmp_path / "strict", weights=files.losnet_3_classes)) == 2
+    assert "head.cls_score.bias, head.cls_score.weight are missing" in capsys.readouterr().err
     out = tmp_path / "out"
-    assert exit_code(argv(files, out, "--allow-partial-weights", weights=files.mask_rcnn)) == 0
+    flag = "--allow-partial-weights"
+    assert exit_code(argv(files, out, flag, weights=files.losnet_3_classes)) == 0
     summary = read_summary(out)
     assert summary["allow_partial_weights"] is True and summary["images_predicted"] == 1

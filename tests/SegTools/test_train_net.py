@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from segtools import engine
-from segtools.config import get_project_cfg
+from segtools.config import ConfigValueError, get_project_cfg
 from segtools.data.synthetic_ore import generate_synthetic_ore
 
 from helpers import REPO_ROOT, save_random_losnet
@@ -123,13 +123,25 @@ def test_fine_tuning_starts_from_the_weights_that_match(tmp_path):
     assert set(results) == {"bbox", "segm"}
 
 
-def test_config_key_typo_fails_with_detectron2s_error(tmp_path):
-    with pytest.raises(AssertionError, match="Non-existent key: MODEL.LOSNET.NUM_CLASES"):
+def test_config_mistakes_name_the_key_and_the_file(tmp_path):
+    with pytest.raises(ConfigValueError) as error:
         get_project_cfg(CONFIG, ["MODEL.LOSNET.NUM_CLASES", "2"])
+    assert str(error.value) == "config overrides: Non-existent key: MODEL.LOSNET.NUM_CLASES"
+    with pytest.raises(ConfigValueError, match="Override list has odd length"):
+        get_project_cfg(CONFIG, ["MODEL.LOSNET.NUM_CLASSES"])
+    with pytest.raises(ConfigValueError, match=r"with values \(0.01 vs. fast\) for config key: "):
+        get_project_cfg(CONFIG, ["SOLVER.BASE_LR", "fast"])
     typo = tmp_path / "typo.yaml"
     typo.write_text(f'_BASE_: "{CONFIG}"\nMODEL:\n  LOSNET:\n    NUM_CLASES: 2\n')
-    with pytest.raises(KeyError, match="Non-existent config key: MODEL.LOSNET.NUM_CLASES"):
+    with pytest.raises(ConfigValueError) as error:
         get_project_cfg(str(typo))
+    assert str(error.value) == f"{typo}: Non-existent config key: MODEL.LOSNET.NUM_CLASES"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("MODEL: [\n")
+    with pytest.raises(ConfigValueError, match=f"^{broken}: while parsing a flow node"):
+        get_project_cfg(str(broken))
+    with pytest.raises(FileNotFoundError, match="config file not found: .*absent.yaml"):
+        get_project_cfg(str(tmp_path / "absent.yaml"))
 
 
 def test_missing_dataset_stops_before_training(tmp_path):

@@ -36,13 +36,25 @@ def _unreadable_reason(error: Exception) -> str:
 
 class CheckedCheckpointer(DetectionCheckpointer):
     """
-    Detectron2's checkpointer whose loading names the file when it is not a checkpoint, and
-    refuses (unless `allow_partial`) one whose parameters do not all match the model's.
+    Detectron2's checkpointer that names the file when it is missing or not a checkpoint, refuses
+    a checkpoint that provides none of the model's parameters (surely another model's: the model
+    would silently keep random weights), and, unless `allow_partial`, one whose parameters do not
+    all match the model's. A refused checkpoint leaves the model as it was.
     """
 
     def __init__(self, model, save_dir="", *, allow_partial: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.allow_partial = allow_partial
+
+    def load(self, path, *args, **kwargs):
+        # Detectron2 asserts on a missing file; URLs (detectron2://, https://) are downloaded.
+        if path and "://" not in path and not os.path.isfile(path):
+            raise CheckpointError(f"weights file not found: {path}")
+        try:
+            return super().load(path, *args, **kwargs)
+        except CheckpointError as e:
+            message = str(e)
+            raise CheckpointError(message if path in message else f"{path}: {message}") from None
 
     def _load_file(self, filename):
         try:
@@ -57,26 +69,37 @@ class CheckedCheckpointer(DetectionCheckpointer):
         return checkpoint
 
     def _load_model(self, checkpoint):
-        if self.allow_partial:
-            return super()._load_model(checkpoint)
         original = {k: v.clone() for k, v in self.model.state_dict().items()}
         incompatible = super()._load_model(checkpoint)
+        problem = self._refusal(incompatible)
+        if problem:
+            self.model.load_state_dict(original)
+            raise CheckpointError(problem)
+        return incompatible
+
+    def _refusal(self, incompatible) -> str | None:
+        """Why the loaded checkpoint is refused, or None."""
         missing = {*incompatible.missing_keys, *(k for k, *_ in incompatible.incorrect_shapes)}
+        unexpected = incompatible.unexpected_keys
+        parameters = {name for name, _ in self.model.named_parameters()}
+        if parameters and parameters <= missing:
+            held = f" (it holds {_listed(unexpected)})" if unexpected else ""
+            return (
+                f"none of the model's {len(parameters)} parameters is in it with its shape"
+                f"{held}: a checkpoint of another model. Check the weights and the config"
+            )
+        if self.allow_partial or not (missing or unexpected):
+            return None
         problems = []
         if missing:
             problems.append(f"the model's {_listed(missing)} are missing or of another shape")
-        if incompatible.unexpected_keys:
-            problems.append(
-                f"it holds {_listed(incompatible.unexpected_keys)}, unknown to the model"
-            )
-        if problems:
-            self.model.load_state_dict(original)
-            raise CheckpointError(
-                "the weights are not a checkpoint of this model: "
-                + "; ".join(problems)
-                + ". Check the config, or pass --allow-partial-weights to load what matches"
-            )
-        return incompatible
+        if unexpected:
+            problems.append(f"it holds {_listed(unexpected)}, unknown to the model")
+        return (
+            "the weights are not a checkpoint of this model: "
+            + "; ".join(problems)
+            + ". Check the config, or pass --allow-partial-weights to load what matches"
+        )
 
 
 def load_weights(model: torch.nn.Module, path: str, allow_partial: bool = False) -> dict:
@@ -91,15 +114,6 @@ def load_weights(model: torch.nn.Module, path: str, allow_partial: bool = False)
         What the checkpoint holds besides the weights (e.g. "iteration").
 
     Raises:
-        CheckpointError: naming the file, if it is not a checkpoint; or, unless `allow_partial`,
-            if some of the model's parameters are missing from it or have another shape, or it
-            holds parameters the model does not have (the first keys are named); the model is
-            then left as it was.
+        CheckpointError: as :class:`CheckedCheckpointer` says, naming the file.
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"weights file not found: {path}")
-    try:
-        return CheckedCheckpointer(model, allow_partial=allow_partial).load(path)
-    except CheckpointError as e:
-        message = str(e)
-        raise CheckpointError(message if path in message else f"{path}: {message}") from None
+    return CheckedCheckpointer(model, allow_partial=allow_partial).load(path)

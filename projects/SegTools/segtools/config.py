@@ -1,8 +1,10 @@
 """Configs that know every registered project's keys, with their values checked."""
 
 import math
+import os
 
 import torch
+import yaml
 from detectron2.config import CfgNode, get_cfg
 
 from .projects import Project, inference_keys, registered_projects
@@ -104,12 +106,33 @@ def get_project_cfg(config_file: str, opts=()) -> CfgNode:
     """
     A config with every project's keys, merged from `config_file` and KEY VALUE `opts`, its
     values checked by :func:`check_config_values`.
+
+    Raises:
+        FileNotFoundError: if `config_file` does not exist.
+        ConfigValueError: naming the file or the overrides, for an unknown key, a value of the
+            wrong type or out of its range, or an odd number of overrides.
     """
     cfg = add_project_configs(get_cfg())
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    # yacs reports an unknown key, a value of another type or an odd override list with an
+    # AssertionError, KeyError or ValueError; they are the user's, not bugs.
+    try:
+        cfg.merge_from_file(config_file)
+    except (AssertionError, KeyError, ValueError, yaml.YAMLError) as e:
+        raise ConfigValueError(f"{config_file}: {_yacs_message(e)}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except (AssertionError, KeyError, ValueError) as e:
+        raise ConfigValueError(f"config overrides: {_yacs_message(e)}") from None
     check_config_values(cfg)
     return cfg
+
+
+def _yacs_message(error: Exception) -> str:
+    # A KeyError's str() quotes its message; a YAML error's first argument is only its context.
+    text = str(error) if isinstance(error, yaml.YAMLError) else str(error.args[0])
+    return " ".join(text.split())
 
 
 def _get(cfg: CfgNode, key: str):
@@ -152,13 +175,19 @@ def check_config_values(cfg: CfgNode) -> None:
 def check_device(cfg: CfgNode) -> None:
     """Refuse a MODEL.DEVICE that this machine does not have, before a model is built on it."""
     device = str(cfg.MODEL.DEVICE)
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    kind, _, index = device.partition(":")
+    if device != "cpu" and not (kind == "cuda" and (not index or index.isdigit())):
+        raise ConfigValueError(f"MODEL.DEVICE = {device!r}: expected cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigValueError(
             f"MODEL.DEVICE = {device!r}, but this machine has no CUDA GPU that PyTorch can use: "
             "use cpu (--device cpu, or MODEL.DEVICE cpu)"
         )
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ConfigValueError(f"MODEL.DEVICE = {device!r}: expected cpu, cuda or cuda:N")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ConfigValueError(
+            f"MODEL.DEVICE = {device!r}, but this machine has {torch.cuda.device_count()} CUDA "
+            "GPU(s), numbered from 0"
+        )
 
 
 def _set(cfg: CfgNode, key: str, value) -> None:

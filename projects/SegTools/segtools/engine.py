@@ -38,7 +38,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 
 from .atomic_io import atomic_write_json
-from .checkpoint import CheckedCheckpointer, CheckpointError
+from .checkpoint import CheckedCheckpointer
 from .cli import UsageError, run_tool
 from .config import check_device, get_project_cfg
 from .data import CheckedDatasetMapper, check_dataset_files, prepare_dataset
@@ -68,36 +68,6 @@ def _create_ddp_model_on_any_device(model, **kwargs):
     return _create_ddp_model(model, **kwargs)
 
 
-class _RunCheckpointer(CheckedCheckpointer):
-    """
-    The checkpointer of training and evaluation runs: CheckedCheckpointer that names a missing
-    or unreadable file, and refuses, even where partial weights are allowed, a checkpoint that
-    provides none of the model's parameters.
-    """
-
-    def load(self, path, *args, **kwargs):
-        # Detectron2 asserts on a missing file; URLs (detectron2://, https://) are downloaded.
-        if path and "://" not in path and not os.path.isfile(path):
-            raise CheckpointError(f"weights file not found: {path}")
-        try:
-            return super().load(path, *args, **kwargs)
-        except CheckpointError as e:
-            message = str(e)
-            raise CheckpointError(message if path in message else f"{path}: {message}") from None
-
-    def _load_model(self, checkpoint):
-        incompatible = super()._load_model(checkpoint)
-        parameters = {name for name, _ in self.model.named_parameters()}
-        not_loaded = {*incompatible.missing_keys, *(k for k, *_ in incompatible.incorrect_shapes)}
-        if parameters and parameters <= not_loaded:
-            raise CheckpointError(
-                f"none of the model's {len(parameters)} parameters is in it with its shape: a "
-                "checkpoint of another model. Check MODEL.WEIGHTS and the config, or set "
-                'MODEL.WEIGHTS "" to train from scratch'
-            )
-        return incompatible
-
-
 class Trainer(DefaultTrainer):
     """
     Detectron2's DefaultTrainer with the evaluator the test set's metadata asks for, data
@@ -114,7 +84,7 @@ class Trainer(DefaultTrainer):
             mock.patch.object(
                 detectron2_defaults,
                 "DetectionCheckpointer",
-                functools.partial(_RunCheckpointer, allow_partial=True),
+                functools.partial(CheckedCheckpointer, allow_partial=True),
             ),
         ):
             super().__init__(cfg)
@@ -158,14 +128,10 @@ def argument_parser() -> argparse.ArgumentParser:
 
 def _checked_cfg(args) -> CfgNode:
     """The config of `args`, its overrides, values and MODEL.DEVICE checked."""
-    if not os.path.isfile(args.config_file):
-        raise UsageError(f"--config-file {args.config_file!r}: no such file")
     # The overrides take the rest of the command line: a flag there would reach yacs as a key.
     flags = [opt for opt in args.opts if opt.startswith("--")]
     if flags:
         raise UsageError(f"{flags[0]} follows the KEY VALUE config overrides: give flags first")
-    if len(args.opts) % 2:
-        raise UsageError(f"config overrides {args.opts}: expected KEY VALUE pairs")
     cfg = get_project_cfg(args.config_file, args.opts)
     check_device(cfg)
     return cfg
@@ -214,7 +180,7 @@ def _load_run_weights(model, cfg: CfgNode, args) -> None:
     if there is one, else MODEL.WEIGHTS) by the rules of the module docstring.
     """
     allow_partial = not args.eval_only or args.allow_partial_weights
-    checkpointer = _RunCheckpointer(model, cfg.OUTPUT_DIR, allow_partial=allow_partial)
+    checkpointer = CheckedCheckpointer(model, cfg.OUTPUT_DIR, allow_partial=allow_partial)
     resuming = args.resume and checkpointer.has_checkpoint()
     if args.eval_only and not resuming and not cfg.MODEL.WEIGHTS:
         raise UsageError(
