@@ -1,6 +1,7 @@
 """
 Tiled inference: each particle once and whole, no pixel in two particles when windows disagree,
-a particle missed by one window kept, one window equals no tiling.
+a particle missed by one window kept, one window equals no tiling; the caps on views per window
+and per photo keep the highest-scored views, and bound the memory of a dense photo.
 
 Scenes are label images: pixel (R, G) encodes the particle id R + 256 G (0 = background), so a
 perfect "model" sees exactly the visible part of every particle in each window. Particles are
@@ -8,14 +9,18 @@ discs, rings, C, U, comb and cross shapes and 1-pixel diagonal lines (8-connecte
 pixel to twice the tile across, centred anywhere, near window and core corners and image borders.
 """
 
+import logging
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
 from scipy import ndimage
 
-from segtools.data.tiling import tile_windows
+from segtools.data.tiling import MIN_TILE, tile_windows
 from segtools.inference import TiledPredictor, detections_from_instances, window_cores
+from segtools.inference.tiled import DroppedViews
 
 SHAPES = ("disc", "ring", "c_shape", "u_shape", "comb", "cross", "diagonal_line")
 EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
@@ -88,8 +93,8 @@ def adversarial_centre(rng, height, width, tile, overlap):
 
 
 def grid_setting(rng):
-    """(height, width, tile, overlap): tile 6-48, overlap >= 1, 2 to 5 windows along each axis."""
-    tile = int(rng.integers(6, 49))
+    """(height, width, tile, overlap): tile 32-48, overlap >= 1, 2 to 5 windows along each axis."""
+    tile = int(rng.integers(MIN_TILE, 49))
     overlap = int(rng.integers(1, tile))
     stride = tile - overlap
     height = tile + int(rng.integers(1, 4 * stride + 1))
@@ -443,3 +448,117 @@ def test_invalid_settings_are_named():
         TiledPredictor(oracle_predictor, tile=64, overlap=64)
     with pytest.raises(ValueError, match="merge_iou"):
         TiledPredictor(oracle_predictor, tile=64, overlap=16, merge_iou=0)
+    with pytest.raises(ValueError, match="max_per_window must be >= 1, got 0"):
+        TiledPredictor(oracle_predictor, tile=64, overlap=16, max_per_window=0)
+    with pytest.raises(ValueError, match="max_per_photo must be >= 1, got 0"):
+        TiledPredictor(oracle_predictor, tile=64, overlap=16, max_per_photo=0)
+
+
+class SquaresInWindows:
+    """
+    Per window, `count` 2 x 2 squares away from the window's overlaps (so each view is one
+    particle) with scores distinct over the photo and exact in float32; records each window's
+    (score, origin) views.
+    """
+
+    def __init__(self, seed, count, num_windows):
+        self.count = count
+        self.scores = iter(np.random.default_rng(seed).permutation(count * num_windows) / 64)
+        self.window_views = []
+
+    def __call__(self, crop):
+        masks = np.zeros((self.count, *crop.shape[:2]), dtype=bool)
+        origins = [(20 + 5 * (i % 5), 4 + 6 * (i // 5)) for i in range(self.count)]
+        for mask, (x, y) in zip(masks, origins, strict=True):
+            mask[y : y + 2, x : x + 2] = True
+        scores = [float(next(self.scores)) for _ in range(self.count)]
+        self.window_views.append(list(zip(scores, origins, strict=True)))
+        return instances_of(list(masks), scores, crop.shape[:2])
+
+
+@pytest.mark.parametrize(
+    "max_per_window, max_per_photo, dropped",
+    [(10, 30, DroppedViews(0, 0)), (4, 30, DroppedViews(18, 0)), (10, 7, DroppedViews(0, 23))]
+    + [(4, 7, DroppedViews(18, 5)), (1, 1, DroppedViews(27, 2))],
+)
+def test_caps_keep_the_highest_scored_views(max_per_window, max_per_photo, dropped, caplog):
+    # Windows x = 0-64, 48-112 and 96-160 (tile 64, overlap 16), 10 views each.
+    windows = tile_windows(160, 64, 64, 16)
+    predictor = SquaresInWindows(seed=max_per_window + max_per_photo, count=10, num_windows=3)
+    tiled = TiledPredictor(
+        predictor, 64, 16, max_per_window=max_per_window, max_per_photo=max_per_photo
+    )
+    with caplog.at_level(logging.WARNING, logger="segtools.inference.tiled"):
+        detections = tiled(np.zeros((64, 160, 3), dtype=np.uint8))
+
+    per_window = []
+    for (x0, y0, *_), views in zip(windows, predictor.window_views, strict=True):
+        best = sorted(views, reverse=True)[:max_per_window]
+        per_window += [(score, (x0 + x, y0 + y)) for score, (x, y) in best]
+    expected = sorted(per_window, reverse=True)[:max_per_photo]
+    assert sorted(((d.score, d.mask_origin) for d in detections), reverse=True) == expected
+    assert tiled.last_dropped == dropped
+    warnings = []
+    if dropped.by_window_cap:
+        warnings.append(
+            f"Tiled prediction: max_per_window={max_per_window} left out the "
+            f"{dropped.by_window_cap} lowest-scored views of 3 windows"
+        )
+    if dropped.by_photo_cap:
+        warnings.append(
+            f"Tiled prediction: max_per_photo={max_per_photo} left out the "
+            f"{dropped.by_photo_cap} lowest-scored views"
+        )
+    assert caplog.messages == warnings
+
+
+def test_dropped_views_are_counted_per_photo():
+    predictor = SquaresInWindows(seed=0, count=10, num_windows=3)
+    tiled = TiledPredictor(predictor, 64, 16, max_per_window=4)
+    tiled(np.zeros((64, 112, 3), dtype=np.uint8))  # two windows
+    assert tiled.last_dropped == DroppedViews(12, 0)
+    tiled(np.zeros((64, 64, 3), dtype=np.uint8))
+    assert tiled.last_dropped == DroppedViews(6, 0)
+
+
+class DenseCoreModel:
+    """
+    A dense model: per window, `count` overlapping filled squares of 64 to 96 px in the window's
+    core, away from its overlaps (tile 128, overlap 16), with random scores.
+    """
+
+    def __init__(self, seed, count):
+        self.rng = np.random.default_rng(seed)
+        self.count = count
+
+    def __call__(self, crop):
+        masks = np.zeros((self.count, *crop.shape[:2]), dtype=bool)
+        for mask in masks:
+            side = self.rng.integers(64, 97)
+            x0, y0 = self.rng.integers(16, 113 - side, size=2)
+            mask[y0 : y0 + side, x0 : x0 + side] = True
+        return instances_of(list(masks), self.rng.random(self.count), crop.shape[:2])
+
+
+def test_memory_of_a_dense_photo_stays_within_the_caps_bound():
+    # 7 x 7 windows of 128 px, 40 views each: 30 kept per window, 900 in the photo.
+    tile, grid, count, max_per_window, max_per_photo = 128, 7, 40, 30, 900
+    height = width = tile + (grid - 1) * (tile - 16)
+    tiled = TiledPredictor(DenseCoreModel(0, count), tile, 16, 0.5, max_per_window, max_per_photo)
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        detections = tiled(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    windows = grid * grid
+    assert len(detections) == max_per_photo
+    assert tiled.last_dropped == DroppedViews(
+        windows * (count - max_per_window), windows * max_per_window - max_per_photo
+    )
+    # TiledPredictor's bound: about 1 KB of objects per view plus its box / 8 (96 x 96 at most);
+    # the kept views' masks as bytes instead of bits would alone take 900 x 9216 = 8.3 MB.
+    view_bytes = 1024 + 96 * 96 // 8
+    bound = count * tile**2 + height * width + (count + 2 * max_per_photo) * view_bytes
+    assert peak <= bound, f"peak {peak} B > bound {bound} B"

@@ -29,10 +29,15 @@ of a connected particle are linked through the pixels they share (IoU 1), views 
 particles never are (IoU 0), and every pixel lies in the core of a window that sees it. If the
 views of each window are disjoint, so are the particles. An image that fits in one window gives
 exactly the model's own output. Views are only compared with views of overlapping windows whose
-boxes meet, and masks are kept over their boxes.
+boxes meet, and masks are kept bit-packed over their boxes, unpacked only while compared.
+
+Memory is bounded by caps on the views kept, the highest-scored ones (see :class:`TiledPredictor`).
 """
 
+import heapq
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,7 +45,9 @@ from ..data.coco_format import mask_box
 from ..data.tiling import tile_windows
 from .detections import Detection, detections_from_instances
 
-__all__ = ["TiledPredictor", "stitch_views", "window_cores"]
+__all__ = ["DroppedViews", "TiledPredictor", "stitch_views", "window_cores"]
+
+logger = logging.getLogger(__name__)
 
 
 def _core_bounds(spans: list) -> dict:
@@ -119,8 +126,9 @@ def _or_into(canvas: np.ndarray, canvas_box, mask: np.ndarray, box, within=None)
 
 class _Stitcher:
     """
-    The views of all windows, flattened (view i is `views[i]` of window `window_of[i]`, its mask
-    box `view_boxes[i]`), and per window the pixels of its core filled so far (step 4).
+    The views of all windows, flattened (view i is `views[i]` of window `window_of[i]`), and the
+    pixels filled so far (step 4): the cores partition the photo, so one (H, W) canvas holds the
+    fills of every window's core. View masks are unpacked only while they are compared or drawn.
     """
 
     def __init__(self, windows: list, views: list, merge_iou: float):
@@ -128,52 +136,61 @@ class _Stitcher:
         self.cores = _pixel_cores(windows)
         self.core_boxes = [tuple(core) for core in self.cores.tolist()]
         self.views = [view for window_views in views for view in window_views]
-        self.first_view = np.cumsum([0] + [len(v) for v in views]).tolist()  # per window, + end
-        self.window_of = [w for w, window_views in enumerate(views) for _ in window_views]
-        self.view_boxes = [view.mask_box for view in self.views]
-        self.boxes = np.array(self.view_boxes, dtype=np.int64).reshape(-1, 4)
+        counts = [len(window_views) for window_views in views]
+        self.first_view = np.cumsum([0, *counts]).tolist()  # per window, and the end
+        self.window_of = np.repeat(np.arange(len(views)), counts).tolist()
+        boxes = [view.mask_box for view in self.views]
+        self.boxes = np.array(boxes, dtype=np.int64).reshape(-1, 4)
         self.merge_iou = merge_iou
-        self.fills = [[] for _ in windows]  # per window: (box, mask) pixels filled in its core
+        height, width = self.windows[:, 3].max(), self.windows[:, 2].max()  # windows cover it
+        self.filled = np.zeros((height, width), dtype=bool)
 
     def views_meeting(self, window: int, box) -> list:
         """Indices of the views of `window` whose mask boxes share a pixel with `box`."""
         first, end = self.first_view[window], self.first_view[window + 1]
         return (first + np.flatnonzero(_meets(self.boxes[first:end], box))).tolist()
 
-    def mask_part(self, view: int, box) -> np.ndarray:
-        """The mask of `view` over `box`, which lies within the view's mask box."""
-        return self.views[view].mask[_slices(box, self.view_boxes[view])]
+    def part_within(self, view: int, region) -> tuple:
+        """(box, mask over box) of `view` within `region`, which its mask box meets."""
+        box = _intersection(self.views[view].mask_box, region)
+        # A copy, so that the rest of the unpacked mask is freed.
+        return box, self.views[view].mask[_slices(box, self.views[view].mask_box)].copy()
 
-    def count_within(self, view: int, region) -> int:
-        """Pixels of `view` inside the box `region`."""
-        part = _intersection(self.view_boxes[view], region)
-        return 0 if part is None else int(np.count_nonzero(self.mask_part(view, part)))
-
-    def links(self) -> list:
-        """(IoU, view, view) of the views of overlapping windows that agree where both see."""
-        links = []
+    def links(self) -> tuple:
+        """
+        The views of overlapping windows that agree where both see: (L,) arrays of the IoUs and
+        of the two views, 16 bytes a link.
+        """
+        links = ([np.zeros(0)], [np.zeros(0, dtype=np.int32)], [np.zeros(0, dtype=np.int32)])
         for first, window in enumerate(self.windows.tolist()):
             later = np.flatnonzero(_meets(self.windows[first + 1 :], window))
             for second in (first + 1 + later).tolist():
                 shared = _intersection(window, self.windows[second].tolist())
-                links += self._links_within(first, second, shared)
-        return links
+                pair = self._links_within(first, second, shared)
+                for values, pair_values in zip(links, pair, strict=True):
+                    values.append(np.array(pair_values, dtype=values[0].dtype))
+        return tuple(np.concatenate(values) for values in links)
 
-    def _links_within(self, first: int, second: int, shared) -> list:
+    def _links_within(self, first: int, second: int, shared) -> tuple:
         """The links between views of windows `first` and `second`, which share the box `shared`."""
         first_views = self.views_meeting(first, shared)
         second_views = np.array(self.views_meeting(second, shared), dtype=np.int64)
-        counts = {v: self.count_within(v, shared) for v in (*first_views, *second_views.tolist())}
-        links = []
+        parts = {v: self.part_within(v, shared) for v in (*first_views, *second_views.tolist())}
+        counts = {v: np.count_nonzero(mask) for v, (_, mask) in parts.items()}
+        ious, firsts, seconds = [], [], []
         for a in first_views:
-            a_shared = _intersection(self.view_boxes[a], shared)
-            for b in second_views[_meets(self.boxes[second_views], a_shared)].tolist():
-                both = _intersection(a_shared, self.view_boxes[b])
-                common = np.count_nonzero(self.mask_part(a, both) & self.mask_part(b, both))
+            a_box, a_mask = parts[a]
+            for b in second_views[_meets(self.boxes[second_views], a_box)].tolist():
+                b_box, b_mask = parts[b]
+                both = _intersection(a_box, b_box)
+                a_both, b_both = a_mask[_slices(both, a_box)], b_mask[_slices(both, b_box)]
+                common = np.count_nonzero(a_both & b_both)
                 union = counts[a] + counts[b] - common
                 if union and common / union >= self.merge_iou:
-                    links.append((common / union, a, b))
-        return links
+                    ious.append(common / union)
+                    firsts.append(a)
+                    seconds.append(b)
+        return ious, firsts, seconds
 
     def particles(self) -> list:
         """Lists of view indices, one per particle, in the order of their first views."""
@@ -186,7 +203,9 @@ class _Stitcher:
                 view = parent[view]
             return view
 
-        for _, a, b in sorted(self.links(), key=lambda link: (-link[0], link[1], link[2])):
+        ious, firsts, seconds = self.links()
+        order = np.lexsort((seconds, firsts, -ious))  # by decreasing IoU, then by the views
+        for a, b in zip(firsts[order].tolist(), seconds[order].tolist(), strict=True):
             a, b = root(a), root(b)
             if a == b or windows_in[a] & windows_in[b]:
                 continue
@@ -203,16 +222,16 @@ class _Stitcher:
         """The Detection of the particle made of views `members`, or None if it has no pixel."""
         member_boxes = self.boxes[members]
         box = (*member_boxes[:, :2].min(axis=0).tolist(), *member_boxes[:, 2:].max(axis=0).tolist())
+        masks = [(self.views[view].mask, self.views[view].mask_box) for view in members]
         mask = np.zeros((box[3] - box[1], box[2] - box[0]), dtype=bool)
-        for view in members:
-            core = self.core_boxes[self.window_of[view]]
-            _or_into(mask, box, self.views[view].mask, self.view_boxes[view], within=core)
+        for view, (view_mask, view_box) in zip(members, masks, strict=True):
+            _or_into(mask, box, view_mask, view_box, within=self.core_boxes[self.window_of[view]])
         member_windows = {self.window_of[view] for view in members}
         missed = set(np.flatnonzero(_meets(self.cores, box)).tolist()) - member_windows
         if missed:
             seen = np.zeros_like(mask)
-            for view in members:
-                _or_into(seen, box, self.views[view].mask, self.view_boxes[view])
+            for view_mask, view_box in masks:
+                _or_into(seen, box, view_mask, view_box)
             for window in sorted(missed):
                 self._fill(mask, seen, box, window)
         return self._detection(members, mask, box)
@@ -223,15 +242,13 @@ class _Stitcher:
         gap = seen[_slices(region, box)].copy()
         if not gap.any():
             return
-        taken = np.zeros_like(gap)
+        filled = self.filled[_slices(region, (0, 0))]
+        taken = filled.copy()
         for view in self.views_meeting(window, region):
-            _or_into(taken, region, self.views[view].mask, self.view_boxes[view])
-        for fill_box, fill in self.fills[window]:
-            _or_into(taken, region, fill, fill_box)
+            _or_into(taken, region, self.views[view].mask, self.views[view].mask_box)
         gap &= ~taken
-        if gap.any():
-            mask[_slices(region, box)] |= gap
-            self.fills[window].append((region, gap))
+        mask[_slices(region, box)] |= gap
+        filled |= gap
 
     def _detection(self, members: list, mask: np.ndarray, box):
         """Score and class of the best view; that view itself if the mask is its mask."""
@@ -272,13 +289,81 @@ def stitch_views(windows: list, views: list, merge_iou: float = 0.5) -> list:
     return [stitched[k] for k in range(len(particles)) if stitched[k] is not None]
 
 
+@dataclass(frozen=True)
+class DroppedViews:
+    """Views (detections of one window) that the caps of a :class:`TiledPredictor` left out."""
+
+    by_window_cap: int  # beyond max_per_window in their window
+    by_photo_cap: int  # beyond max_per_photo in the photo
+
+
+def _best_of_window(views: list, count: int) -> list:
+    """The `count` highest-scored of `views` (ties: the first), in their order."""
+    if len(views) <= count:
+        return views
+    best = sorted(range(len(views)), key=lambda i: -views[i].score)[:count]
+    return [views[i] for i in sorted(best)]
+
+
+class _BestOfPhoto:
+    """
+    The `count` highest-scored views of a photo (ties: the first), streamed window by window
+    through a min-heap, so that no more than `count` views are ever kept.
+    """
+
+    def __init__(self, count: int):
+        self.count = count
+        self.heap = []  # (score, -arrival, window, view): the worst kept view first
+        self.arrived = 0
+        self.dropped = 0
+
+    def add(self, window: int, views: list) -> None:
+        for view in views:
+            entry = (view.score, -self.arrived, window, view)
+            self.arrived += 1
+            if len(self.heap) < self.count:
+                heapq.heappush(self.heap, entry)
+                continue
+            self.dropped += 1
+            if entry > self.heap[0]:  # (score, -arrival) decides: arrivals differ
+                heapq.heapreplace(self.heap, entry)
+
+    def per_window(self, num_windows: int) -> list:
+        """Per window, its kept views in their arrival order."""
+        views = [[] for _ in range(num_windows)]
+        for _, _, window, view in sorted(self.heap, key=lambda entry: -entry[1]):
+            views[window].append(view)
+        return views
+
+
 class TiledPredictor:
     """
     Predict a large image window by window with an image predictor (Detectron2's
     :class:`DefaultPredictor`), counting each particle once (see the module docstring).
+
+    Memory is bounded by caps on the views kept, the highest-scored ones: `max_per_window` per
+    window and `max_per_photo` per photo; :attr:`last_dropped` counts the views left out and a
+    warning names the cap. A kept view takes about 1 KB of objects plus its mask box / 8 bytes
+    (tile**2 / 8 at most), and so does a particle, so beyond the model and the image the peak is
+    about
+
+        n tile**2 + H W + 2 N (1 KB + box / 8)  bytes
+
+    for an H x W photo: one window's masks as the model returns them (n <= its
+    TEST.DETECTIONS_PER_IMAGE), the stitching's canvas, and N = min(max_per_photo, windows x
+    max_per_window) views and as many particles at most. Links between views of neighbouring
+    windows add 16 bytes each, about one per view for real particles.
     """
 
-    def __init__(self, predictor: Callable, tile: int, overlap: int, merge_iou: float = 0.5):
+    def __init__(
+        self,
+        predictor: Callable,
+        tile: int,
+        overlap: int,
+        merge_iou: float = 0.5,
+        max_per_window: int = 300,
+        max_per_photo: int = 200_000,
+    ):
         """
         Args:
             predictor: called with a (h, w, 3) image as the predictor expects it (BGR for
@@ -288,14 +373,27 @@ class TiledPredictor:
                 overlap >= 1; a larger overlap gives the model more context at the borders.
             merge_iou: IoU of two detections' masks within the intersection of their (different)
                 windows from which they are one particle.
+            max_per_window: views kept per window: LosNet's TEST.DETECTIONS_PER_IMAGE, which
+                it never exceeds itself. The densest synthetic belt tile (320 px, LosNet's
+                training tile) holds 195 particles.
+            max_per_photo: views kept per photo. A whole 8000 x 6000 photo as dense as that tile
+                holds about 91,000 particles, which windows see about 1.7 times (1.74 on a
+                synthetic 8000 x 6000 mosaic at tile 640, overlap 128): 160,000 views, so
+                200,000 cuts no real photo; views of that belt's sizes take 1.5 KB.
         """
         tile_windows(tile, tile, tile, overlap)  # validates tile and overlap
         if not 0 < merge_iou <= 1:
             raise ValueError(f"merge_iou must be in (0, 1], got {merge_iou}")
+        for name, cap in (("max_per_window", max_per_window), ("max_per_photo", max_per_photo)):
+            if cap < 1:
+                raise ValueError(f"{name} must be >= 1, got {cap}")
         self.predictor = predictor
         self.tile = tile
         self.overlap = overlap
         self.merge_iou = merge_iou
+        self.max_per_window = max_per_window
+        self.max_per_photo = max_per_photo
+        self.last_dropped = DroppedViews(0, 0)
 
     def __call__(self, image: np.ndarray) -> list:
         """
@@ -303,13 +401,37 @@ class TiledPredictor:
             image: (H, W, 3) image.
 
         Returns:
-            list[Detection] in image coordinates, each particle once.
+            list[Detection] in image coordinates, each particle once. :attr:`last_dropped`
+            counts the views this call left out.
         """
         height, width = image.shape[:2]
         windows = tile_windows(width, height, self.tile, self.overlap)
-        views = []
-        for x0, y0, x1, y1 in windows:
+        best = _BestOfPhoto(self.max_per_photo)
+        dropped_in_windows = 0
+        for index, (x0, y0, x1, y1) in enumerate(windows):
             crop = np.ascontiguousarray(image[y0:y1, x0:x1])
             instances = self.predictor(crop)["instances"].to("cpu")
-            views.append(detections_from_instances(instances, offset=(x0, y0)))
-        return stitch_views(windows, views, self.merge_iou)
+            views = detections_from_instances(instances, offset=(x0, y0))
+            del instances  # the window's full-size masks, before the next window's are made
+            kept = _best_of_window(views, self.max_per_window)
+            dropped_in_windows += len(views) - len(kept)
+            best.add(index, kept)
+        self.last_dropped = DroppedViews(dropped_in_windows, best.dropped)
+        self._warn_if_dropped(len(windows))
+        return stitch_views(windows, best.per_window(len(windows)), self.merge_iou)
+
+    def _warn_if_dropped(self, num_windows: int) -> None:
+        if self.last_dropped.by_window_cap:
+            logger.warning(
+                "Tiled prediction: max_per_window=%d left out the %d lowest-scored views of "
+                "%d windows",
+                self.max_per_window,
+                self.last_dropped.by_window_cap,
+                num_windows,
+            )
+        if self.last_dropped.by_photo_cap:
+            logger.warning(
+                "Tiled prediction: max_per_photo=%d left out the %d lowest-scored views",
+                self.max_per_photo,
+                self.last_dropped.by_photo_cap,
+            )
