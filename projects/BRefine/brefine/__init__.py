@@ -42,7 +42,7 @@ PROJECT = Project(
         *("MODEL.FPN.OUT_CHANNELS", "32"),
         *("MODEL.ROI_BOX_HEAD.FC_DIM", "64"),
         *("MODEL.RPN.POST_NMS_TOPK_TRAIN", "64"),
-        *("MODEL.BREFINE.MASK_HEAD.CHANNELS", "[32, 16, 8]"),
+        *("MODEL.BREFINE.MASK_HEAD.CHANNELS", "[64, 32, 16]"),
         *("MODEL.BREFINE.MASK_POSITIVES_PER_BATCH", "32"),
     ),
 )

@@ -17,7 +17,7 @@ class RankSortOutputLayers(FastRCNNOutputLayers):
     :func:`rank_sort_detection_losses` over every region x class logit of the batch: RS with the
     IoU of each positive's decoded box (for its class) as target, and the GIoU of those boxes
     weighted by each positive's highest class score (as the RS authors; BRefine's "classification
-    score"). Scores at test time are the sigmoids.
+    score"). Scores at test time are the sigmoids. The federated loss does not apply.
     """
 
     @configurable
@@ -35,11 +35,6 @@ class RankSortOutputLayers(FastRCNNOutputLayers):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        if cfg.MODEL.ROI_BOX_HEAD.USE_FED_LOSS:
-            raise ValueError(
-                "MODEL.ROI_BOX_HEAD.USE_FED_LOSS = True: the Rank & Sort box head ranks every "
-                "class (MODEL.BREFINE.RANK_SORT_ON); set one of them to False"
-            )
         ret = super().from_config(cfg, input_shape)
         ret["rank_sort_delta"] = cfg.MODEL.BREFINE.RANK_SORT_DELTA
         return ret

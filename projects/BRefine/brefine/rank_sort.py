@@ -105,16 +105,15 @@ def _positive_pair_terms(s, y, delta: float):
 def _rank_sort_value_and_grad(logits, targets, delta: float):
     """
     Args:
-        logits, targets: float tensors of shape (n,).
+        logits, targets: float64 tensors of shape (n,).
 
     Returns:
         (loss, gradient): a float64 scalar and a float64 tensor of shape (n,).
     """
     positive, negative = targets > 0, targets == 0
-    s, y = logits[positive].double(), targets[positive].double()
-    s_neg = logits[negative].double()
+    s, y, s_neg = logits[positive], targets[positive], logits[negative]
     num = len(s)
-    grad = logits.new_zeros(logits.shape, dtype=torch.float64)
+    grad = torch.zeros_like(logits)
     if num == 0:
         return grad.sum(), grad
 
@@ -132,8 +131,9 @@ def _rank_sort_value_and_grad(logits, targets, delta: float):
 class _RankSort(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, delta):
-        flat_logits = logits.detach().float().flatten()
-        loss, grad = _rank_sort_value_and_grad(flat_logits, targets.float().flatten(), delta)
+        # In float64 whatever the input's precision (autocast included).
+        flat_logits, flat_targets = logits.detach().double().flatten(), targets.double().flatten()
+        loss, grad = _rank_sort_value_and_grad(flat_logits, flat_targets, delta)
         ctx.save_for_backward(grad.view(logits.shape).to(logits.dtype))
         return loss.to(logits.dtype)
 

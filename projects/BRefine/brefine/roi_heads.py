@@ -72,11 +72,12 @@ class BRefineROIHeads(StandardROIHeads):
                 f"MODEL.PROPOSAL_GENERATOR.NAME = {cfg.MODEL.PROPOSAL_GENERATOR.NAME!r}: eq. 5 "
                 "trains the RPN with Rank & Sort too; use 'RankSortRPN' with it, 'RPN' without"
             )
-        if brefine.RANK_SORT_ON and cfg.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES:
-            raise ValueError(
-                "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES = True is not supported with "
-                "MODEL.BREFINE.RANK_SORT_ON = True"
-            )
+        for key in ("TRAIN_ON_PRED_BOXES", "USE_FED_LOSS"):
+            if brefine.RANK_SORT_ON and cfg.MODEL.ROI_BOX_HEAD[key]:
+                raise ValueError(
+                    f"MODEL.ROI_BOX_HEAD.{key} = True is not supported with "
+                    "MODEL.BREFINE.RANK_SORT_ON = True (the Rank & Sort box head)"
+                )
         loss = brefine.MASK_LOSS
         if loss.TYPE not in MASK_LOSS_TYPES:
             raise ValueError(

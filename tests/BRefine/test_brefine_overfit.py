@@ -1,0 +1,52 @@
+"""A tiny BRefine overfits four synthetic ore images on a CPU (box and mask AP50 on them)."""
+
+import os
+
+from detectron2.data.datasets import register_coco_instances
+from detectron2.engine import default_argument_parser
+
+from segtools import engine
+from segtools.data.synthetic_ore import generate_synthetic_ore
+from segtools.projects import registered_projects
+
+from helpers import REPO_ROOT
+
+DATASET = "test_brefine_overfit_synthetic_ore"
+PROJECT = next(p for p in registered_projects() if p.name == "BRefine")
+
+
+def test_brefine_overfits_four_synthetic_images(tmp_path):
+    folder = str(tmp_path / "ore")
+    # 96 x 96 px: sparse to dense belts, particles of 8-24 px.
+    json_file = generate_synthetic_ore(folder, 4, seed=0, size=(96, 96), show_progress=False)
+    register_coco_instances(DATASET, {}, json_file, os.path.join(folder, "images"))
+    args = default_argument_parser().parse_args(
+        [
+            "--config-file", str(REPO_ROOT / PROJECT.smoke_config),
+            *PROJECT.smoke_opts,
+            "SEED", "0",
+            "DATASETS.TRAIN", f"('{DATASET}',)",
+            "DATASETS.TEST", f"('{DATASET}',)",
+            "SOLVER.IMS_PER_BATCH", "4",
+            # From scratch, this narrow model diverges at 0.01.
+            "SOLVER.BASE_LR", "0.005",
+            "SOLVER.WARMUP_ITERS", "10",
+            "SOLVER.MAX_ITER", "120",
+            "SOLVER.STEPS", "(96,)",
+            "SOLVER.CHECKPOINT_PERIOD", "100000",
+            "INPUT.MIN_SIZE_TRAIN", "(96,)",
+            "INPUT.MAX_SIZE_TRAIN", "96",
+            "INPUT.MIN_SIZE_TEST", "96",
+            "INPUT.MAX_SIZE_TEST", "96",
+            "INPUT.RANDOM_FLIP", "none",
+            # As many proposals at test time as in training.
+            "MODEL.RPN.POST_NMS_TOPK_TEST", "64",
+            "TEST.DETECTIONS_PER_IMAGE", "100",
+            "DATALOADER.NUM_WORKERS", "0",
+            "OUTPUT_DIR", str(tmp_path / "output"),
+        ]
+    )  # fmt: skip
+    results = engine.main(args)
+    assert results["bbox"]["AP50"] >= 60.0, results
+    assert results["segm"]["AP50"] >= 45.0, results
+    assert results["boundary"]["AP50"] > 0, results  # the smoke config turns Boundary AP on
