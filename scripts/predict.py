@@ -40,6 +40,7 @@ takes it); the exit code is then not 0. Every file is written whole or not at al
 import argparse
 import os
 import sys
+from dataclasses import asdict
 
 from segtools.analysis import EDGE_MODES, LENGTH_MEASURES
 from segtools.atomic_io import check_new_or_empty_folder
@@ -52,11 +53,9 @@ from segtools.cli import (
     split_overrides,
 )
 from segtools.config import check_device, get_project_cfg, set_test_score_threshold
+from segtools.data.tiling import MIN_TILE
 from segtools.inference import collect_inputs
-from segtools.inference.run import PsdOptions, build_predictor, predict_to_folder
-
-# Smallest --tile, in pixels.
-MIN_TILE = 32
+from segtools.inference.run import PsdOptions, TilingOptions, build_predictor, predict_to_folder
 
 
 def tile_size(text: str) -> int:
@@ -99,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="views of neighbouring windows whose masks agree by this IoU where both windows "
         "see the image are one particle",
+    )
+    parser.add_argument(
+        "--max-per-window",
+        type=bounded_int(1),
+        default=300,
+        help="with --tile: detections kept per window, the highest-scored (bounds memory)",
+    )
+    parser.add_argument(
+        "--max-per-photo",
+        type=bounded_int(1),
+        default=200_000,
+        help="with --tile: detections kept per photo, the highest-scored (bounds memory)",
     )
     parser.add_argument(
         "--every-nth-frame", type=bounded_int(1), default=1, help="video frames to predict"
@@ -162,9 +173,12 @@ def main(argv=None) -> int:
     for problem in skipped:
         print(f"skipped {problem.source}: {problem.reason}", file=sys.stderr)
 
-    predict, metadata = build_predictor(
-        cfg, args.allow_partial_weights, args.tile, args.overlap, args.merge_iou
-    )
+    tiling = None
+    if args.tile:
+        tiling = TilingOptions(
+            args.tile, args.overlap, args.merge_iou, args.max_per_window, args.max_per_photo
+        )
+    predict, metadata = build_predictor(cfg, args.allow_partial_weights, tiling)
     psd = PsdOptions(args.mm_per_px, args.size_measure, args.edge_mode) if args.psd else None
     settings = {
         "config_file": args.config_file,
@@ -172,8 +186,7 @@ def main(argv=None) -> int:
         "weights": args.weights,
         "allow_partial_weights": args.allow_partial_weights,
         "device": args.device,
-        "tile": args.tile,
-        "overlap": args.overlap if args.tile else None,
+        "tiling": None if tiling is None else asdict(tiling),
     }
     summary = predict_to_folder(
         predict, metadata, files, skipped, args.output, args.every_nth_frame, psd, settings

@@ -110,6 +110,24 @@ def test_tiled_prediction_of_a_larger_photo(weights, tmp_path):
     with open(tmp_path / "o" / "images" / "large.json") as f:
         results = json.load(f)
     assert results and all(r["segmentation"]["size"] == [200, 300] for r in results)
+    with open(tmp_path / "o" / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["tiling"] == {"tile": 128, "overlap": 32, "merge_iou": 0.5,
+                                 "max_per_window": 300, "max_per_photo": 200_000}  # fmt: skip
+    assert summary["images"][0]["dropped_by_caps"] == {"by_window_cap": 0, "by_photo_cap": 0}
+
+
+def test_tiled_prediction_caps_are_recorded(weights, tmp_path):
+    # 6 windows of at most 8 detections each (TEST.DETECTIONS_PER_IMAGE); caps 3 and 10.
+    photo = tmp_path / "large.png"
+    cv2.imwrite(str(photo), render_synthetic_ore_image(seed=9, index=1, size=(300, 200)).image)
+    caps = ["--max-per-window", "3", "--max-per-photo", "10"]
+    run("--config-file", CONFIG, "--weights", weights, "--input", photo, "--output", tmp_path / "o",
+        "--tile", "128", "--overlap", "32", *caps)  # fmt: skip
+    with open(tmp_path / "o" / "summary.json") as f:
+        image = json.load(f)["images"][0]
+    assert image["dropped_by_caps"] == {"by_window_cap": 6 * (8 - 3), "by_photo_cap": 6 * 3 - 10}
+    assert image["instances"] <= 10
 
 
 def test_video_frames_and_an_undecodable_video(weights, tmp_path):

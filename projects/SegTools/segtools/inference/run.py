@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
@@ -24,7 +24,7 @@ from .inputs import Unreadable, read_frames
 from .tiled import TiledPredictor
 from .visualize import draw_detections
 
-__all__ = ["PsdOptions", "build_predictor", "predict_to_folder"]
+__all__ = ["PsdOptions", "TilingOptions", "build_predictor", "predict_to_folder"]
 
 IMAGES_FOLDER = "images"
 RUN_PSD_FOLDER = os.path.join("psd", "all")
@@ -40,19 +40,24 @@ class PsdOptions:
     edge_mode: str = "include"
 
 
-def build_predictor(
-    cfg,
-    allow_partial_weights: bool = False,
-    tile: int | None = None,
-    overlap: int = 0,
-    merge_iou: float = 0.5,
-):
+@dataclass(frozen=True)
+class TilingOptions:
+    """Window-by-window prediction: the arguments of :class:`TiledPredictor`."""
+
+    tile: int
+    overlap: int
+    merge_iou: float = 0.5
+    max_per_window: int = 300
+    max_per_photo: int = 200_000
+
+
+def build_predictor(cfg, allow_partial_weights: bool = False, tiling: TilingOptions | None = None):
     """
     Args:
         cfg: a frozen config with MODEL.WEIGHTS and MODEL.DEVICE set.
         allow_partial_weights: load the parameters of MODEL.WEIGHTS that match the model and
-            leave the others as initialised, instead of refusing a checkpoint of another model.
-        tile, overlap, merge_iou: predict window by window (:class:`TiledPredictor`) if `tile`.
+            leave the others as initialised, instead of refusing a checkpoint that fits in part.
+        tiling: predict window by window (:class:`TiledPredictor`) with these options.
 
     Returns:
         (image (H, W, 3) BGR -> list[Detection], metadata of the model's classes).
@@ -68,8 +73,8 @@ def build_predictor(
     predictor = DefaultPredictor(unloaded)
     load_weights(predictor.model, cfg.MODEL.WEIGHTS, allow_partial=allow_partial_weights)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
-    if tile:
-        return TiledPredictor(predictor, tile, overlap, merge_iou), metadata
+    if tiling is not None:
+        return TiledPredictor(predictor, **asdict(tiling)), metadata
 
     def predict(image):
         return detections_from_instances(predictor(image)["instances"].to("cpu"))
@@ -214,6 +219,9 @@ def _predict_frame(predict, frame, image_id: int, output: str, metadata) -> tupl
         "instances": len(results),
         "seconds": round(seconds, 4),
     }
+    if isinstance(predict, TiledPredictor):
+        # Detections beyond the tiled predictor's caps, left out of this image's results.
+        entry["dropped_by_caps"] = asdict(predict.last_dropped)
     return detections, results, entry
 
 
