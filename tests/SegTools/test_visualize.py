@@ -32,6 +32,8 @@ def _detections():
         _detection(0.9, 5, 4, ring),
         _detection(0.8, 60, 40, disc),
         _detection(0.7, 74, 54, square),  # at the image corner
+        # Two pixels wide: Detectron2's GenericMask takes such an array for polygons.
+        _detection(0.65, 40, 10, np.ones((7, 2), dtype=bool)),
         _detection(0.6, 30, 30, np.ones((1, 1), dtype=bool)),  # too small to outline
     ]
 
@@ -47,7 +49,7 @@ def test_same_picture_as_detectron2_from_full_masks(labelled, monkeypatch):
     np.random.seed(0)  # the Visualizer picks random colours
     ours = draw_detections(image, detections, metadata)
 
-    outlined = detections[:3]
+    outlined = detections[:4]
     np.random.seed(0)
     reference = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
     reference = reference.overlay_instances(

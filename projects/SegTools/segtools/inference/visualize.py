@@ -17,11 +17,13 @@ def _image_polygons(detection) -> list:
     The outlines Detectron2 draws for `detection`'s mask, as [x0, y0, x1, y1, ...] arrays in image
     pixels, traced over the mask's box only.
     """
-    height, width = detection.mask.shape
-    origin = np.array(detection.mask_origin, dtype=np.float64)
+    # A one-pixel margin: GenericMask refuses masks two pixels wide (it would read them as
+    # polygon arrays), and outlines of a mask that fills its box close inside the margin.
+    mask = np.pad(detection.mask, 1)
+    origin = np.array(detection.mask_origin, dtype=np.float64) - 1
     return [
         (polygon.reshape(-1, 2) + origin).reshape(-1)
-        for polygon in GenericMask(detection.mask, height, width).polygons
+        for polygon in GenericMask(mask, *mask.shape).polygons
     ]
 
 
