@@ -206,6 +206,14 @@ def minimum_loss_matching(cells: torch.Tensor, costs: torch.Tensor) -> torch.Ten
     return keep
 
 
+def _pixel_centres(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """(H W, 2) (x, y) centre of each pixel of an H x W map, in units of its width and height."""
+    ys = (torch.arange(height, device=device) + 0.5) / height
+    xs = (torch.arange(width, device=device) + 0.5) / width
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([x, y], dim=-1).flatten(0, 1)
+
+
 def _mean_over_workers(value: float, device: torch.device) -> float:
     """`value` averaged over the training processes (the same on one process)."""
     if comm.get_world_size() == 1:
@@ -253,14 +261,7 @@ def solov2_losses(
     """
     num_images, num_cells, num_classes = category_logits.shape
     height, width = mask_features.shape[-2:]
-    pixels = torch.stack(
-        torch.meshgrid(
-            (torch.arange(height, device=kernels.device) + 0.5) / height,
-            (torch.arange(width, device=kernels.device) + 0.5) / width,
-            indexing="ij",
-        )[::-1],
-        dim=-1,
-    ).flatten(0, 1)  # (M, 2) x, y
+    pixels = _pixel_centres(height, width, kernels.device)
     labels, pair_losses = [], []
     for index, target in enumerate(targets):
         pairs: GridPairs = target["pairs"]
@@ -270,15 +271,19 @@ def solov2_losses(
             pair_losses.append(dice_loss(probs, masks))
         else:
             losses = aml_mask_loss(probs, masks, target["centroids"][pairs.objects], pixels)
-            cell_logits = category_logits[index, pairs.cells]  # (P, C)
+            # The focal loss of each pair's cell against the pair's class: (P,).
             one_hot = F.one_hot(target["classes"][pairs.objects], num_classes).to(logits.dtype)
             focal = sigmoid_focal_loss_jit(
-                cell_logits, one_hot, alpha=focal_alpha, gamma=focal_gamma, reduction="none"
+                category_logits[index, pairs.cells],
+                one_hot,
+                alpha=focal_alpha,
+                gamma=focal_gamma,
+                reduction="none",
             ).sum(dim=1)
             costs = (focal.sigmoid() + (mask_weight * losses).sigmoid()).detach()
             keep = minimum_loss_matching(pairs.cells, costs)
-            pairs, losses = pairs[keep], losses[keep]
-            pair_losses.append(losses)
+            pairs = pairs[keep]
+            pair_losses.append(losses[keep])
         labels.append(cell_labels(pairs, target["classes"], num_cells, background=num_classes))
 
     labels = torch.stack(labels)  # (B, R)
