@@ -82,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--input", nargs="+", required=True, help="images, folders, videos")
     parser.add_argument("--output", required=True, help="output folder (new or empty)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="default: MODEL.DEVICE if given after --, else cpu (whatever the config says)",
+    )
     parser.add_argument(
         "--score-thresh", type=bounded_float(0, 1), help="override the config's threshold"
     )
@@ -148,11 +152,19 @@ def parse_args(argv) -> tuple:
     return args, opts
 
 
+def _device(flag, opts) -> str:
+    """MODEL.DEVICE of the run: --device, or MODEL.DEVICE among the overrides, else cpu."""
+    overridden = dict(zip(opts[::2], opts[1::2], strict=False)).get("MODEL.DEVICE")
+    if flag and overridden and flag != overridden:
+        raise UsageError(f"--device {flag} and MODEL.DEVICE {overridden} disagree: give one")
+    return flag or overridden or "cpu"
+
+
 def load_config(args, opts):
     """The frozen config of the run, its values and device checked."""
     cfg = get_project_cfg(args.config_file, opts)
     cfg.MODEL.WEIGHTS = args.weights
-    cfg.MODEL.DEVICE = args.device
+    cfg.MODEL.DEVICE = _device(args.device, opts)
     if args.score_thresh is not None:
         try:
             set_test_score_threshold(cfg, args.score_thresh)
@@ -185,7 +197,7 @@ def main(argv=None) -> int:
         "overrides": opts,
         "weights": args.weights,
         "allow_partial_weights": args.allow_partial_weights,
-        "device": args.device,
+        "device": cfg.MODEL.DEVICE,
         "tiling": None if tiling is None else asdict(tiling),
     }
     summary = predict_to_folder(

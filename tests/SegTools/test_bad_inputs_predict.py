@@ -219,12 +219,22 @@ REFUSED = {
         "MODEL.DEVICE = 'cuda', but this machine has no CUDA GPU that PyTorch can use: use cpu "
         "(--device cpu, or MODEL.DEVICE cpu)",
     ),
+    # Once, --device's default (cpu) silently replaced this override.
+    "cuda override without a GPU": (
+        lambda f, out: argv(f, out, opts=[*OPTS, "MODEL.DEVICE", "cuda"]),
+        "MODEL.DEVICE = 'cuda', but this machine has no CUDA GPU that PyTorch can use: use cpu "
+        "(--device cpu, or MODEL.DEVICE cpu)",
+    ),
+    "--device and MODEL.DEVICE disagree": (
+        lambda f, out: argv(f, out, "--device", "cpu", opts=[*OPTS, "MODEL.DEVICE", "cuda"]),
+        "--device cpu and MODEL.DEVICE cuda disagree: give one",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", REFUSED)
 def test_refused_in_one_line_before_writing(case, files, tmp_path, capsys):
-    if case == "cuda without a GPU" and torch.cuda.is_available():
+    if case.startswith("cuda") and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     make_args, message = REFUSED[case]
     used_before = sorted(os.listdir(files.root / "used"))
