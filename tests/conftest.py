@@ -33,3 +33,18 @@ def builtin_datasets_root():
     write_lvis_v1_val(root)
     write_cityscapes_val(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """
+    Torch on one intra-op thread for a module's tests: their tensors are small, and with the
+    machine's cores busy (other tests, other jobs), two threads made each small convolution wait
+    for the other thread: a LosNet training iteration took over 10 times as long.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

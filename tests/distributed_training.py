@@ -50,7 +50,9 @@ def start(project, datasets_root, output_dir, *flags, opts=("DATASETS.TEST", "()
         "--config-file", str(REPO_ROOT / project.smoke_config), *flags,
         *project.smoke_opts, *SMALL, *opts, "OUTPUT_DIR", str(output_dir),
     ]  # fmt: skip
-    env = {**os.environ, "DETECTRON2_DATASETS": str(datasets_root)}
+    # One torch thread per process: the runs' processes share the machine's cores, and with
+    # more threads than cores small convolutions wait on each other.
+    env = {**os.environ, "DETECTRON2_DATASETS": str(datasets_root), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

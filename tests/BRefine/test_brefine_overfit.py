@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
 
@@ -14,11 +15,13 @@ from helpers import REPO_ROOT
 DATASET = "test_brefine_overfit_synthetic_ore"
 PROJECT = next(p for p in registered_projects() if p.name == "BRefine")
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 
 def test_brefine_overfits_four_synthetic_images(tmp_path):
     folder = str(tmp_path / "ore")
-    # 96 x 96 px: sparse to dense belts, particles of 8-24 px.
-    json_file = generate_synthetic_ore(folder, 4, seed=0, size=(96, 96), show_progress=False)
+    # 64 x 64 px: sparse to dense belts, 30 particles of 9-16 px, shown at 80 x 80 px.
+    json_file = generate_synthetic_ore(folder, 4, seed=0, size=(64, 64), show_progress=False)
     register_coco_instances(DATASET, {}, json_file, os.path.join(folder, "images"))
     args = default_argument_parser().parse_args(
         [
@@ -31,13 +34,13 @@ def test_brefine_overfits_four_synthetic_images(tmp_path):
             # From scratch, this narrow model diverges at 0.01.
             "SOLVER.BASE_LR", "0.005",
             "SOLVER.WARMUP_ITERS", "10",
-            "SOLVER.MAX_ITER", "120",
-            "SOLVER.STEPS", "(96,)",
+            "SOLVER.MAX_ITER", "70",
+            "SOLVER.STEPS", "(56,)",
             "SOLVER.CHECKPOINT_PERIOD", "100000",
-            "INPUT.MIN_SIZE_TRAIN", "(96,)",
-            "INPUT.MAX_SIZE_TRAIN", "96",
-            "INPUT.MIN_SIZE_TEST", "96",
-            "INPUT.MAX_SIZE_TEST", "96",
+            "INPUT.MIN_SIZE_TRAIN", "(80,)",
+            "INPUT.MAX_SIZE_TRAIN", "80",
+            "INPUT.MIN_SIZE_TEST", "80",
+            "INPUT.MAX_SIZE_TEST", "80",
             "INPUT.RANDOM_FLIP", "none",
             # As many proposals at test time as in training.
             "MODEL.RPN.POST_NMS_TOPK_TEST", "64",

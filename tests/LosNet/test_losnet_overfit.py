@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
 
@@ -12,11 +13,14 @@ from helpers import REPO_ROOT
 
 DATASET = "test_overfit_synthetic_ore"
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 
 def test_losnet_overfits_four_synthetic_images(tmp_path):
     folder = str(tmp_path / "ore")
-    # Images 0-3 cover sparse, medium and dense belts under three lightings.
-    json_file = generate_synthetic_ore(folder, 4, seed=0, size=(128, 128), show_progress=False)
+    # Images 0-3 cover sparse, medium and dense belts under three lightings: 64 x 64 px, 30
+    # annotated particles of 9-16 px, partly hidden ones showing as little as 20 px.
+    json_file = generate_synthetic_ore(folder, 4, seed=0, size=(64, 64), show_progress=False)
     register_coco_instances(DATASET, {}, json_file, os.path.join(folder, "images"))
     args = default_argument_parser().parse_args(
         [
@@ -26,16 +30,16 @@ def test_losnet_overfits_four_synthetic_images(tmp_path):
             "DATASETS.TEST", f"('{DATASET}',)",
             "SOLVER.IMS_PER_BATCH", "4",
             "SOLVER.BASE_LR", "0.01",
-            "SOLVER.WARMUP_ITERS", "20",
-            "SOLVER.MAX_ITER", "300",
-            "SOLVER.STEPS", "(240,)",
+            "SOLVER.WARMUP_ITERS", "10",
+            "SOLVER.MAX_ITER", "100",
+            "SOLVER.STEPS", "(80,)",
             "SOLVER.CHECKPOINT_PERIOD", "100000",
-            # Shown at twice their size: the annotated slivers of hidden particles (16-60 px)
-            # are then large enough for a stride-2 mask.
-            "INPUT.MIN_SIZE_TRAIN", "(256,)",
-            "INPUT.MAX_SIZE_TRAIN", "256",
-            "INPUT.MIN_SIZE_TEST", "256",
-            "INPUT.MAX_SIZE_TEST", "256",
+            # Shown at twice their size: the slivers of hidden particles are then large enough
+            # for a stride-2 mask.
+            "INPUT.MIN_SIZE_TRAIN", "(128,)",
+            "INPUT.MAX_SIZE_TRAIN", "128",
+            "INPUT.MIN_SIZE_TEST", "128",
+            "INPUT.MAX_SIZE_TEST", "128",
             "INPUT.RANDOM_FLIP", "none",
             "DATALOADER.NUM_WORKERS", "0",
             "OUTPUT_DIR", str(tmp_path / "output"),

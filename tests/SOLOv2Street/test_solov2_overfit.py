@@ -1,5 +1,6 @@
 """A tiny street-scene SOLOv2 (CSPAM, TWFPN, CSMF) overfits four synthetic images on a CPU."""
 
+import pytest
 import torch
 from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
@@ -12,6 +13,9 @@ OBJECTS = [
     [(20, 20, 44, 44)],
     [(2, 30, 22, 62), (26, 2, 62, 24)],
 ]
+
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def ellipse_images(size=64):

@@ -40,6 +40,10 @@ SMALL = [
 ]  # fmt: skip
 
 
+# Training in this process: on one torch thread (see the fixture).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def tiny_synthetic_ore(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("tiny") / "ore")
@@ -59,7 +63,7 @@ def logged_iterations(output_dir):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, single_torch_thread):
     output_dir = str(tmp_path_factory.mktemp("train_net"))
     results = run(opts=["SOLVER.MAX_ITER", "3", "OUTPUT_DIR", output_dir])
     return output_dir, results
