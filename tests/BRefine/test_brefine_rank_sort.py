@@ -202,6 +202,23 @@ def test_detection_losses_without_positives_are_zero_and_connected():
     assert logits.grad is not None and deltas.grad is not None
 
 
+def test_positives_whose_boxes_all_miss_keep_training_their_boxes():
+    # Boxes diverged: no positive overlaps its ground truth, so L_RS has no positive (0); the
+    # GIoU term must still pull the boxes back (balanced to 1, not to 0).
+    logits = torch.tensor([1.0, 0.5, -1.0], dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([1, 1, 0])
+    gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]], dtype=torch.float64)
+    pred = torch.tensor([[50.0, 50, 60, 60], [-40, -40, -30, -30]], dtype=torch.float64)
+    pred.requires_grad_(True)
+    loss_rs, loss_box = rank_sort_detection_losses(
+        logits, labels, pred, gt, torch.tensor([0.5, 0.5], dtype=torch.float64)
+    )
+    assert loss_rs.item() == 0
+    assert loss_box.item() == pytest.approx(1.0)
+    loss_box.backward()
+    assert (pred.grad.abs().sum(dim=1) > 0).all()
+
+
 def test_chunks_of_positive_pairs_give_the_same_result(monkeypatch):
     logits, targets = random_problem(7, shape=(400,), positive_rate=0.2)
     loss, grad = loss_and_grad(logits, targets)

@@ -193,7 +193,10 @@ def rank_sort_detection_losses(logits, labels, pred_boxes, gt_boxes, box_weights
 
     Returns:
         (L_RS, lambda L): two scalars. A positive whose predicted box misses its ground truth
-        (IoU 0) counts as a negative, as in the RS authors' code.
+        (IoU 0) counts as a negative, as in the RS authors' code. When every positive misses,
+        L_RS is 0 and the GIoU term is balanced to 1, the value the RS code gives L_RS without
+        positives: balanced to 0 it would lose its gradient, and boxes that once diverged (from
+        scratch, within a few iterations) would never come back.
     """
     targets = labels.to(logits.dtype)
     ious = matched_pairwise_iou(Boxes(pred_boxes.detach()), Boxes(gt_boxes))
@@ -202,4 +205,5 @@ def rank_sort_detection_losses(logits, labels, pred_boxes, gt_boxes, box_weights
     giou = giou_loss(pred_boxes, gt_boxes, reduction="none")
     total = box_weights.sum()
     loss_box = (box_weights * giou).sum() / torch.where(total > _EPS, total, 1.0)
-    return loss_rank_sort, balance_to(loss_box, loss_rank_sort)
+    reference = loss_rank_sort if (targets > 0).any() else torch.ones_like(loss_rank_sort)
+    return loss_rank_sort, balance_to(loss_box, reference)

@@ -111,10 +111,14 @@ class BRefineROIHeads(StandardROIHeads):
         return ret
 
     def forward(self, images, features, proposals, targets=None):
-        """See :meth:`StandardROIHeads.forward`; with RS, the mask loss is balanced (eq. 5)."""
+        """
+        See :meth:`StandardROIHeads.forward`; with RS, the mask loss is balanced (eq. 5) to the
+        box head's balanced value: L_RS^2, or 1 when every positive box missed (then L_RS^2 is 0
+        and the masks would stop learning with the boxes).
+        """
         instances, losses = super().forward(images, features, proposals, targets)
         if self.training and self.rank_sort and "loss_mask" in losses:
-            losses["loss_mask"] = balance_to(losses["loss_mask"], losses["loss_cls"])
+            losses["loss_mask"] = balance_to(losses["loss_mask"], losses["loss_box_reg"])
         return instances, losses
 
     def _forward_box(self, features, proposals):
