@@ -1,14 +1,17 @@
 """Shared by the tests: the repository root, LosNet configs and batches, the scripts as modules."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
 from detectron2.config import get_cfg
+from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Instances
 
 from losnet import add_losnet_config
+from segtools.data.synthetic_ore import generate_synthetic_ore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = str(REPO_ROOT / "configs/LosNet/Base-LosNet.yaml")
@@ -71,3 +74,13 @@ def save_random_losnet(path, *opts, seed=0):
     model = build_losnet(*opts, seed=seed)
     torch.save({"model": model.state_dict()}, path)
     return str(path)
+
+
+def register_four_synthetic_images(folder, name):
+    """
+    Register synthetic ore images 0-3 of seed 0 (64 x 64 px: sparse, medium and dense belts under
+    three lightings, 30 particles of 9-16 px, partly hidden ones showing as little as 20 px),
+    written to `folder`, as the COCO dataset `name`: the overfitting tests' set.
+    """
+    json_file = generate_synthetic_ore(folder, 4, seed=0, size=(64, 64), show_progress=False)
+    register_coco_instances(name, {}, json_file, os.path.join(str(folder), "images"))

@@ -1,16 +1,12 @@
 """A tiny BRefine overfits four synthetic ore images on a CPU (box and mask AP50 on them)."""
 
-import os
-
 import pytest
-from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
 
 from segtools import engine
-from segtools.data.synthetic_ore import generate_synthetic_ore
 from segtools.projects import registered_projects
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, register_four_synthetic_images
 
 DATASET = "test_brefine_overfit_synthetic_ore"
 PROJECT = next(p for p in registered_projects() if p.name == "BRefine")
@@ -19,10 +15,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def test_brefine_overfits_four_synthetic_images(tmp_path):
-    folder = str(tmp_path / "ore")
-    # 64 x 64 px: sparse to dense belts, 30 particles of 9-16 px, shown at 80 x 80 px.
-    json_file = generate_synthetic_ore(folder, 4, seed=0, size=(64, 64), show_progress=False)
-    register_coco_instances(DATASET, {}, json_file, os.path.join(folder, "images"))
+    register_four_synthetic_images(tmp_path / "ore", DATASET)
     args = default_argument_parser().parse_args(
         [
             "--config-file", str(REPO_ROOT / PROJECT.smoke_config),

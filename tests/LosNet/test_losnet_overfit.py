@@ -1,15 +1,11 @@
 """A tiny LosNet overfits four synthetic ore images (mask AP50 >= 0.9 on them) on a CPU."""
 
-import os
-
 import pytest
-from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
 
 from segtools import engine
-from segtools.data.synthetic_ore import generate_synthetic_ore
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, register_four_synthetic_images
 
 DATASET = "test_overfit_synthetic_ore"
 
@@ -17,11 +13,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def test_losnet_overfits_four_synthetic_images(tmp_path):
-    folder = str(tmp_path / "ore")
-    # Images 0-3 cover sparse, medium and dense belts under three lightings: 64 x 64 px, 30
-    # annotated particles of 9-16 px, partly hidden ones showing as little as 20 px.
-    json_file = generate_synthetic_ore(folder, 4, seed=0, size=(64, 64), show_progress=False)
-    register_coco_instances(DATASET, {}, json_file, os.path.join(folder, "images"))
+    register_four_synthetic_images(tmp_path / "ore", DATASET)
     args = default_argument_parser().parse_args(
         [
             "--config-file", str(REPO_ROOT / "configs/LosNet/losnet_MV3S_ore_synthetic.yaml"),
