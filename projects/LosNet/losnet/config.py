@@ -87,6 +87,9 @@ def add_losnet_config(cfg):
     cfg.MODEL.LOSNET.SCORE_THRESH_TEST = 0.2
     cfg.MODEL.LOSNET.TOPK_CANDIDATES_TEST = 1000
     cfg.MODEL.LOSNET.NMS_THRESH_TEST = 0.6
+    # Where each mask is pasted at output resolution: "box" (its box widened by one mask cell,
+    # as Detectron2 pastes Mask R-CNN's) or "image" (the whole output: R x H x W samples).
+    cfg.MODEL.LOSNET.MASK_PASTE_REGION = "box"
 
     # Mask branch: the levels are brought to a common width (LEVEL_CONVS), P4 and P5 upsampled
     # and added to P3, then NUM_CONVS 3x3 convs and a 1x1 conv give OUT_CHANNELS mask features

@@ -14,13 +14,9 @@ from .config import check_choice
 from .dynamic_mask_head import DynamicMaskHead, dice_loss
 from .head import LosNetHead
 from .mask_branch import MaskBranch
+from .mask_paste import PASTE_REGIONS, paste_masks
 
 __all__ = ["LosNet", "select_mask_positives"]
-
-# Mask probabilities above this value are foreground.
-_MASK_THRESHOLD = 0.5
-# Masks are pasted at output resolution this many instances at a time, to bound memory.
-_PASTE_CHUNK = 32
 
 
 def select_mask_positives(
@@ -100,6 +96,7 @@ class LosNet(FCOS):
         test_topk_candidates: int,
         test_nms_thresh: float,
         max_detections_per_image: int,
+        mask_paste_region: str,
         pixel_mean,
         pixel_std,
     ):
@@ -111,6 +108,7 @@ class LosNet(FCOS):
                 instance's centre-sampling region.
             mask_positives_per_image, mask_positives_quota: `cap` and `quota` of
                 :func:`select_mask_positives`.
+            mask_paste_region: `region` of :func:`paste_masks`.
             Other arguments mean the same as in :class:`FCOS`.
         """
         super().__init__(
@@ -137,6 +135,7 @@ class LosNet(FCOS):
         check_choice(
             "MODEL.LOSNET.MASK_POSITIVES_QUOTA", mask_positives_quota, ("over_cap", "always")
         )
+        check_choice("MODEL.LOSNET.MASK_PASTE_REGION", mask_paste_region, PASTE_REGIONS)
         strides = [backbone.output_shape()[f].stride for f in self.head_in_features]
         # Anchor points at pixel centres ((j + 0.5) * stride), the convention the mask head's
         # relative coordinates and the mask upsampling share.
@@ -153,6 +152,7 @@ class LosNet(FCOS):
         self.mask_loss_weight = mask_loss_weight
         self.mask_positives_per_image = mask_positives_per_image
         self.mask_positives_quota = mask_positives_quota
+        self.mask_paste_region = mask_paste_region
 
     @classmethod
     def from_config(cls, cfg):
@@ -199,6 +199,7 @@ class LosNet(FCOS):
             "test_topk_candidates": losnet.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": losnet.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "mask_paste_region": losnet.MASK_PASTE_REGION,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
@@ -634,28 +635,18 @@ class LosNet(FCOS):
         boxes = results.pred_boxes.clone()
         boxes.scale(output_width / input_width, output_height / input_height)
         boxes.clip((output_height, output_width))
-        stride = self.mask_head.out_stride
-        # Paste a few masks at a time to bound memory; all at once while tracing for export,
-        # where the number of chunks would be frozen at the traced image's.
-        chunks = (
-            (results.mask_logits,)
-            if torch.jit.is_tracing()
-            else results.mask_logits.split(_PASTE_CHUNK)
+        masks = paste_masks(
+            results.mask_logits,
+            boxes.tensor,
+            self.mask_head.out_stride,
+            (input_height, input_width),
+            (output_height, output_width),
+            self.mask_paste_region,
         )
-        masks = []
-        for logits in chunks:
-            probs = F.interpolate(
-                logits.sigmoid()[:, None], scale_factor=stride, mode="bilinear", align_corners=False
-            )[:, :, :input_height, :input_width]
-            if (input_height, input_width) != (output_height, output_width):
-                probs = F.interpolate(
-                    probs, size=(output_height, output_width), mode="bilinear", align_corners=False
-                )
-            masks.append(probs[:, 0] > _MASK_THRESHOLD)
         return Instances(
             (output_height, output_width),
             pred_boxes=boxes,
             scores=results.scores,
             pred_classes=results.pred_classes,
-            pred_masks=cat(masks),
+            pred_masks=masks,
         )
