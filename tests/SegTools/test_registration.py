@@ -5,12 +5,13 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import segtools  # noqa: F401  (registers the datasets)
-from segtools.data import DatasetLayoutError, check_dataset_files
+from segtools.data import SYNTHETIC_ORE_SPLITS, DatasetLayoutError, check_dataset_files
 from segtools.data.cityscapes_street import STREET5_CLASSES, ensure_cityscapes_supported
 
 from helpers import REPO_ROOT
@@ -146,6 +147,20 @@ def test_synthetic_ore_is_generated_on_first_use(root):
     mtime = os.path.getmtime(os.path.join(folder, "annotations.json"))
     DatasetCatalog.get("ore_synthetic_val")
     assert os.path.getmtime(os.path.join(folder, "annotations.json")) == mtime
+
+
+def test_synthetic_test_split_is_held_out_from_its_own_seed(root):
+    seeds = {name: spec.seed for name, spec in SYNTHETIC_ORE_SPLITS.items()}
+    assert set(seeds) == {"ore_synthetic_train", "ore_synthetic_val", "ore_synthetic_test"}
+    assert len(set(seeds.values())) == 3
+    test_dicts = DatasetCatalog.get("ore_synthetic_test")
+    val_dicts = DatasetCatalog.get("ore_synthetic_val")
+    assert len(test_dicts) == 64
+    with open(os.path.join(root, "ore_synthetic/test/annotations.json")) as f:
+        assert json.load(f)["info"]["seed"] == seeds["ore_synthetic_test"]
+    # No test image is a validation image.
+    val_images = {cv2.imread(d["file_name"]).tobytes() for d in val_dicts}
+    assert not any(cv2.imread(d["file_name"]).tobytes() in val_images for d in test_dicts)
 
 
 def test_importing_projects_needs_no_model_zoo_or_network():

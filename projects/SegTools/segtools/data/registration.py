@@ -5,7 +5,9 @@ COCO 2017, LVIS v1 and Cityscapes keep Detectron2's own builtin registrations (s
 ``$DETECTRON2_DATASETS`` root); this module only adds:
 
 * ``ore_train`` / ``ore_val``: tiles of large ore photos (``datasets/prepare_ore_tiles.py``);
-* ``ore_synthetic_train`` / ``ore_synthetic_val``: the synthetic ore set, generated on first use;
+* ``ore_synthetic_train`` / ``ore_synthetic_val`` / ``ore_synthetic_test``: the synthetic ore set,
+  generated on first use; choices (schedules, thresholds, PSD settings) are made on val, and test
+  is held out for the reported numbers;
 * ``cityscapes_street5_train`` / ``cityscapes_street5_val``: Cityscapes fine instances restricted to
   the five street classes of the street-scene SOLOv2 paper.
 """
@@ -51,6 +53,7 @@ class SyntheticOreSpec:
 SYNTHETIC_ORE_SPLITS = {
     "ore_synthetic_train": SyntheticOreSpec("ore_synthetic/train", 256, seed=0, size=(320, 320)),
     "ore_synthetic_val": SyntheticOreSpec("ore_synthetic/val", 64, seed=1, size=(320, 320)),
+    "ore_synthetic_test": SyntheticOreSpec("ore_synthetic/test", 64, seed=2, size=(320, 320)),
 }
 
 _CITYSCAPES_STREET_SPLITS = {
