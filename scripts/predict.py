@@ -44,6 +44,7 @@ from dataclasses import asdict
 
 from segtools.analysis import EDGE_MODES, LENGTH_MEASURES
 from segtools.atomic_io import check_new_or_empty_folder
+from segtools.calibration import use_count_calibration
 from segtools.cli import (
     UsageError,
     bounded_float,
@@ -52,7 +53,12 @@ from segtools.cli import (
     run_tool,
     split_overrides,
 )
-from segtools.config import check_device, get_project_cfg, set_test_score_threshold
+from segtools.config import (
+    check_device,
+    get_project_cfg,
+    set_test_score_threshold,
+    test_score_threshold,
+)
 from segtools.data.tiling import MIN_TILE
 from segtools.inference import collect_inputs
 from segtools.inference.run import PsdOptions, TilingOptions, build_predictor, predict_to_folder
@@ -160,24 +166,30 @@ def _device(flag, opts) -> str:
     return flag or overridden or "cpu"
 
 
-def load_config(args, opts):
-    """The frozen config of the run, its values and device checked."""
+def load_config(args, opts) -> tuple:
+    """
+    (the frozen config of the run, its values and device checked; where its score threshold
+    comes from: "--score-thresh", a count calibration file's path, or "config").
+    """
     cfg = get_project_cfg(args.config_file, opts)
     cfg.MODEL.WEIGHTS = args.weights
     cfg.MODEL.DEVICE = _device(args.device, opts)
-    if args.score_thresh is not None:
-        try:
+    try:
+        if args.score_thresh is not None:
             set_test_score_threshold(cfg, args.score_thresh)
-        except KeyError as e:
-            raise UsageError(f"--score-thresh: {e.args[0]}") from None
+            threshold_source = "--score-thresh"
+        else:
+            threshold_source = use_count_calibration(cfg, args.weights)
+    except KeyError as e:
+        raise UsageError(f"--score-thresh: {e.args[0]}") from None
     check_device(cfg)
     cfg.freeze()
-    return cfg
+    return cfg, threshold_source
 
 
 def main(argv=None) -> int:
     args, opts = parse_args(argv)
-    cfg = load_config(args, opts)
+    cfg, threshold_source = load_config(args, opts)
     files, skipped = collect_inputs(args.input)
     if not files:
         reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped)
@@ -198,6 +210,8 @@ def main(argv=None) -> int:
         "weights": args.weights,
         "allow_partial_weights": args.allow_partial_weights,
         "device": cfg.MODEL.DEVICE,
+        "score_threshold": test_score_threshold(cfg)[1],
+        "score_threshold_from": threshold_source,
         "tiling": None if tiling is None else asdict(tiling),
     }
     summary = predict_to_folder(

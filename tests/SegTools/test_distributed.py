@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from segtools.calibration import calibration_path, read_calibration
 from segtools.projects import registered_projects
 
 from distributed_training import check_training, finish, free_port, start
@@ -37,7 +38,8 @@ def test_two_processes_train_and_evaluate_losnet(datasets_root, tmp_path):
     # An untrained model scores below the default threshold: report every detection.
     keys = LOSNET.inference_keys["LosNet"]
     evaluate = ["DATASETS.TEST", "('ore_synthetic_val',)", keys.score_thresh, "0.0",
-                keys.detections_per_image, "20"]  # fmt: skip
+                keys.detections_per_image, "20",
+                "SEGTOOLS.COUNT_CALIBRATION.DATASET", "ore_synthetic_val"]  # fmt: skip
     port = free_port()
     output = finish(
         start(
@@ -51,6 +53,13 @@ def test_two_processes_train_and_evaluate_losnet(datasets_root, tmp_path):
     check_training(LOSNET, tmp_path)
     with open(tmp_path / "evaluation_results.json") as f:
         assert set(json.load(f)) == {"bbox", "segm"}  # evaluated on both processes
+    # Calibrated on both processes: the scores of every image, each once, as the evaluation's.
+    weights = str(tmp_path / "model_final.pth")
+    calibration = read_calibration(calibration_path(weights), weights)
+    with open(tmp_path / "inference/ore_synthetic_val/coco_instances_results.json") as f:
+        scores = [r["score"] for r in json.load(f)]
+    assert calibration.images == 64
+    assert calibration.count_at_threshold == sum(s >= calibration.score_threshold for s in scores)
 
 
 @pytest.mark.parametrize(

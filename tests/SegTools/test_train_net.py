@@ -8,13 +8,15 @@ import os
 
 import pytest
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import default_argument_parser
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from segtools import engine
+from segtools.calibration import COLLECTION_THRESHOLD, calibration_path, read_calibration
+from segtools.cli import UsageError
 from segtools.config import ConfigValueError, get_project_cfg
 from segtools.data.synthetic_ore import generate_synthetic_ore
 
@@ -65,7 +67,10 @@ def logged_iterations(output_dir):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, single_torch_thread):
     output_dir = str(tmp_path_factory.mktemp("train_net"))
-    results = run(opts=["SOLVER.MAX_ITER", "3", "OUTPUT_DIR", output_dir])
+    results = run(
+        opts=["SOLVER.MAX_ITER", "3", "OUTPUT_DIR", output_dir,
+              "SEGTOOLS.COUNT_CALIBRATION.DATASET", TINY]
+    )  # fmt: skip
     return output_dir, results
 
 
@@ -82,6 +87,25 @@ def test_training_writes_finite_losses_checkpoint_and_results(trained):
     with open(os.path.join(output_dir, "evaluation_results.json")) as f:
         written = json.load(f)
     assert set(written) == {"bbox", "segm"}
+
+
+def test_training_calibrates_the_final_weights_for_counting(trained):
+    output_dir, _ = trained
+    weights = os.path.join(output_dir, "model_final.pth")
+    calibration = read_calibration(calibration_path(weights), weights)
+    annotated = sum(len(record["annotations"]) for record in DatasetCatalog.get(TINY))
+    assert (calibration.dataset, calibration.images, calibration.true_count) == (TINY, 4, annotated)
+    assert calibration.count_at_threshold <= annotated
+    assert calibration.score_threshold >= COLLECTION_THRESHOLD
+
+
+def test_calibrating_a_model_without_a_score_threshold_is_refused(tmp_path):
+    with pytest.raises(
+        UsageError, match="SEGTOOLS.COUNT_CALIBRATION.DATASET: .*'SemanticSegmentor'"
+    ):
+        run(opts=["MODEL.META_ARCHITECTURE", "SemanticSegmentor", "OUTPUT_DIR", str(tmp_path),
+                  "SEGTOOLS.COUNT_CALIBRATION.DATASET", TINY])  # fmt: skip
+    assert not os.path.exists(tmp_path / "model_final.pth")
 
 
 def test_resume_continues_from_the_checkpoint_iteration(trained):

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from .calibration import CountCalibrationError
 from .checkpoint import CheckpointError
 from .config import ConfigValueError
 from .data.coco_input import CocoFormatError
@@ -50,6 +51,7 @@ USER_ERRORS = (
     UsageError,
     CheckpointError,
     CocoFormatError,
+    CountCalibrationError,
     ConfigValueError,
     DatasetLayoutError,
     ImageReadError,

@@ -18,6 +18,7 @@ __all__ = [
     "get_project_cfg",
     "set_detections_per_image",
     "set_test_score_threshold",
+    "test_score_threshold",
 ]
 
 
@@ -211,6 +212,12 @@ def set_test_score_threshold(cfg: CfgNode, value: float) -> str:
     key = inference_keys(cfg.MODEL.META_ARCHITECTURE).score_thresh
     _set(cfg, key, float(value))
     return key
+
+
+def test_score_threshold(cfg: CfgNode) -> tuple:
+    """(key, value) of the test score threshold of the config's meta-architecture."""
+    key = inference_keys(cfg.MODEL.META_ARCHITECTURE).score_thresh
+    return key, _get(cfg, key)
 
 
 def set_detections_per_image(cfg: CfgNode, value: int) -> str:

@@ -16,6 +16,9 @@ Weights are loaded by these rules:
 * `--resume` continues from the run's last checkpoint (OUTPUT_DIR/last_checkpoint) as Detectron2
   does; without one it starts from MODEL.WEIGHTS as above.
 
+After training, a config with SEGTOOLS.COUNT_CALIBRATION.DATASET calibrates the final weights'
+score threshold for counting on that dataset (segtools.calibration).
+
 Every user mistake (config value, device, dataset, weights) stops the tool with one line; with
 several processes it is checked in the launching process, before the workers are started.
 """
@@ -38,11 +41,13 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 
 from .atomic_io import atomic_write_json
+from .calibration import calibrate_count
 from .checkpoint import CheckedCheckpointer
 from .cli import UsageError, run_tool
 from .config import check_device, get_project_cfg
 from .data import CheckedDatasetMapper, check_dataset_files, prepare_dataset
 from .evaluation import build_evaluator
+from .projects import inference_keys
 
 __all__ = [
     "Trainer",
@@ -138,17 +143,39 @@ def _checked_cfg(args) -> CfgNode:
 
 
 def _dataset_names(cfg: CfgNode, eval_only: bool) -> list:
-    """The datasets a run reads: DATASETS.TEST, and DATASETS.TRAIN unless `eval_only`."""
+    """
+    The datasets a run reads: DATASETS.TEST, and unless `eval_only` DATASETS.TRAIN and the
+    count calibration's dataset.
+    """
+    keys = {"DATASETS.TEST": cfg.DATASETS.TEST}
+    if not eval_only:
+        keys["DATASETS.TRAIN"] = cfg.DATASETS.TRAIN
+        calibration = cfg.SEGTOOLS.COUNT_CALIBRATION.DATASET
+        keys["SEGTOOLS.COUNT_CALIBRATION.DATASET"] = [calibration] if calibration else []
+        if calibration:
+            try:
+                inference_keys(cfg.MODEL.META_ARCHITECTURE)
+            except KeyError as e:
+                raise UsageError(f"SEGTOOLS.COUNT_CALIBRATION.DATASET: {e.args[0]}") from None
     names = []
-    for split in ("TEST",) if eval_only else ("TEST", "TRAIN"):
-        for name in cfg.DATASETS[split]:
+    for key, datasets in keys.items():
+        for name in datasets:
             if name not in DatasetCatalog:
                 raise UsageError(
-                    f"DATASETS.{split}: {name!r} is not a registered dataset (see "
-                    "datasets/README.md)"
+                    f"{key}: {name!r} is not a registered dataset (see datasets/README.md)"
                 )
             names.append(name)
     return names
+
+
+def _calibrate_final_weights(cfg: CfgNode, model) -> None:
+    """Count-calibrate OUTPUT_DIR/model_final.pth, the weights of `model` after training."""
+    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    # Only the main process writes checkpoints: every process follows what it finds.
+    if not comm.all_gather(os.path.isfile(weights))[0]:
+        raise FileNotFoundError(f"{weights}: no final checkpoint to calibrate (SOLVER.MAX_ITER 0?)")
+    state = getattr(model, "module", model).state_dict()
+    calibrate_count(cfg, state, weights, cfg.SEGTOOLS.COUNT_CALIBRATION.DATASET)
 
 
 def setup(args):
@@ -225,6 +252,8 @@ def main(args):
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
+    if cfg.SEGTOOLS.COUNT_CALIBRATION.DATASET:
+        _calibrate_final_weights(cfg, trainer.model)
     # The evaluation after the last iteration, which DefaultTrainer.train keeps but returns only
     # when TEST.EXPECTED_RESULTS is set.
     return getattr(trainer, "_last_eval_results", None)

@@ -79,6 +79,11 @@ def add_segtools_config(cfg) -> None:
     cfg.SEGTOOLS.EVAL = CN()
     # Boundary AP (Cheng et al., CVPR 2021) beside mask AP, for COCO-style datasets.
     cfg.SEGTOOLS.EVAL.BOUNDARY_AP = False
+    # After training, the score threshold at which the model counts as many instances as this
+    # registered dataset holds is written beside model_final.pth, and predict.py uses it
+    # (segtools.calibration). "": no calibration.
+    cfg.SEGTOOLS.COUNT_CALIBRATION = CN()
+    cfg.SEGTOOLS.COUNT_CALIBRATION.DATASET = ""
 
 
 # Detectron2's own meta-architectures that this repository's configs use, and the config keys
