@@ -47,6 +47,8 @@ from segtools.atomic_io import check_new_or_empty_folder
 from segtools.calibration import use_count_calibration
 from segtools.cli import (
     UsageError,
+    add_bootstrap_arguments,
+    bootstrap_options,
     bounded_float,
     bounded_int,
     refuse_config_keys_as_paths,
@@ -132,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--edge-mode", default="include", choices=EDGE_MODES)
     parser.add_argument("--size-measure", default="ecd", choices=LENGTH_MEASURES)
+    add_bootstrap_arguments(parser)
     return parser
 
 
@@ -203,7 +206,9 @@ def main(argv=None) -> int:
             args.tile, args.overlap, args.merge_iou, args.max_per_window, args.max_per_photo
         )
     predict, metadata = build_predictor(cfg, args.allow_partial_weights, tiling)
-    psd = PsdOptions(args.mm_per_px, args.size_measure, args.edge_mode) if args.psd else None
+    psd = None
+    if args.psd:
+        psd = PsdOptions(args.mm_per_px, args.size_measure, args.edge_mode, bootstrap_options(args))
     settings = {
         "config_file": args.config_file,
         "overrides": opts,

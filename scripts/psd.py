@@ -33,7 +33,7 @@ import argparse
 import sys
 
 from segtools.analysis import EDGE_MODES, LENGTH_MEASURES, write_coco_psd_reports
-from segtools.cli import bounded_float, run_tool
+from segtools.cli import add_bootstrap_arguments, bootstrap_options, bounded_float, run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="drop predictions scoring below it, in [0, 1]",
     )
+    add_bootstrap_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
         edge_mode="exclude" if args.exclude_edge else (args.edge_mode or "include"),
         score_thresh=args.score_thresh,
         show_progress=not args.no_progress,
+        bootstrap=bootstrap_options(args),
     )
     print(table)
     print(f"Reports written to {args.out}")

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from .analysis import BootstrapOptions
 from .calibration import CountCalibrationError
 from .checkpoint import CheckpointError
 from .config import ConfigValueError
@@ -163,3 +164,27 @@ def refuse_config_keys_as_paths(paths, flag: str) -> None:
                 f"{flag} {path}: that is a config key, not a file; give KEY VALUE overrides "
                 "after --, e.g. ... -- MODEL.DEVICE cpu"
             )
+
+
+def add_bootstrap_arguments(parser) -> None:
+    """The particle-size reports' bootstrap options (segtools.analysis.bootstrap)."""
+    parser.add_argument(
+        "--bootstrap",
+        type=bounded_int(0),
+        default=1000,
+        metavar="N",
+        help="resamples of the D-values' and sieve curve's 95%% intervals (0: none; default "
+        "1000); images are resampled, then particles within them",
+    )
+    parser.add_argument(
+        "--bootstrap-seed", type=bounded_int(0), default=0, help="seed of the resampling"
+    )
+
+
+def bootstrap_options(args):
+    """The :class:`BootstrapOptions` of arguments from :func:`add_bootstrap_arguments`."""
+    if args.bootstrap == 0:
+        return None
+    if args.bootstrap < 2:
+        raise UsageError(f"--bootstrap {args.bootstrap}: give 0 (no intervals) or at least 2")
+    return BootstrapOptions(resamples=args.bootstrap, seed=args.bootstrap_seed)

@@ -4,6 +4,7 @@ Ore particle-size analysis from instance masks: size measures per particle, size
 """
 
 from .accuracy import DValueComparison, psd_accuracy
+from .bootstrap import BootstrapOptions
 from .coco_particles import (
     CocoImageInstances,
     iter_particle_tables,
@@ -21,7 +22,7 @@ from .distribution import (
     size_distribution,
 )
 from .fits import FitResult, fit_models, fit_rosin_rammler, fit_swebrec
-from .report import draw_size_overlay, write_psd_report
+from .report import DEFAULT_BOOTSTRAP, draw_size_overlay, write_psd_report
 from .size_measures import (
     LENGTH_MEASURES,
     PARTICLE_DTYPE,
@@ -33,6 +34,8 @@ from .size_measures import (
 )
 
 __all__ = [
+    "DEFAULT_BOOTSTRAP",
+    "BootstrapOptions",
     "EDGE_MODES",
     "LENGTH_MEASURES",
     "PARTICLE_DTYPE",

@@ -22,6 +22,7 @@ from ..atomic_io import (
     check_new_or_empty_folder,
 )
 from ..data.coco_input import read_image
+from .bootstrap import BootstrapOptions
 from .coco_particles import (
     CocoImageInstances,
     iter_particle_tables,
@@ -29,6 +30,7 @@ from .coco_particles import (
     resolve_image_paths,
 )
 from .report import (
+    DEFAULT_BOOTSTRAP,
     SKIPPED_CSV,
     d_values_csv,
     d_values_text,
@@ -61,6 +63,7 @@ def write_coco_psd_reports(
     edge_mode: str = "include",
     score_thresh: float = 0.0,
     show_progress: bool = True,
+    bootstrap: BootstrapOptions | None = DEFAULT_BOOTSTRAP,
 ) -> str:
     """
     Measure every particle of `coco_json` and write its reports (see the module docstring).
@@ -74,6 +77,8 @@ def write_coco_psd_reports(
         measure, edge_mode: as in :func:`size_distribution`.
         score_thresh: predictions scoring below it are left out.
         show_progress: show a progress bar over the images.
+        bootstrap: the reports' confidence intervals (None: none), as in
+            :func:`write_psd_report`.
 
     Returns:
         The D-values table of all reports, aligned for a terminal, and a line counting the
@@ -96,7 +101,7 @@ def write_coco_psd_reports(
             report_dir = os.path.join(tmp_dir, "images", image.name)
             reasons = Counter(placement.value for _, placement in skipped)
             summaries[image.name] = write_psd_report(
-                table, report_dir, title=image.name, skipped=reasons, **options
+                table, report_dir, title=image.name, skipped=reasons, bootstrap=bootstrap, **options
             )
             skipped_rows += [(image.image_id, id_, placement.value) for id_, placement in skipped]
             if image.image_id in photo_paths:
@@ -111,6 +116,7 @@ def write_coco_psd_reports(
             os.path.join(tmp_dir, "all"),
             title=os.path.basename(coco_json),
             skipped=skipped,
+            bootstrap=bootstrap,
             **options,
         )
         atomic_write_text(os.path.join(tmp_dir, "d_values.csv"), d_values_csv(summaries))

@@ -5,11 +5,12 @@ A report folder holds:
 
 * ``particles.csv``: one row per particle, measures in px and mm, border flag and weights;
 * ``distribution.csv``: per sieve, percent retained and cumulative percent passing, by count
-  and by mass;
+  and by mass, with the passing's bootstrap interval;
 * ``summary.json``: scale, counts (border particles included, annotations skipped unmeasured
-  by reason), edge mode, D-values and fits by count and by mass, and the statements of how mass,
-  interpolation and topsize are defined;
-* ``psd.png``: cumulative passing on a log size axis and the histogram over the sieve series.
+  by reason), edge mode, D-values with their bootstrap intervals and fits by count and by mass,
+  and the statements of how mass, interpolation, topsize and the intervals are defined;
+* ``psd.png``: cumulative passing on a log size axis with its bootstrap band, and the histogram
+  over the sieve series.
 """
 
 import csv
@@ -33,6 +34,7 @@ from ..atomic_io import (
     strict_json_value,
 )
 from ..data.coco_format import decode_in_box
+from .bootstrap import BAND_PERCENTS, BootstrapBands, BootstrapOptions, bootstrap_bands
 from .distribution import (
     D_PERCENTS,
     INTERPOLATION,
@@ -69,6 +71,8 @@ SUMMARY_JSON = "summary.json"
 PLOT_PNG = "psd.png"
 SKIPPED_CSV = "skipped.csv"
 
+# Reports carry bootstrap intervals unless asked not to.
+DEFAULT_BOOTSTRAP = BootstrapOptions()
 _COLOURS = {"count": "tab:blue", "mass": "tab:red"}
 _FIT_STYLES = {"rosin_rammler": ("Rosin-Rammler", "--"), "swebrec": ("Swebrec", (0, (6, 2, 1, 2)))}
 
@@ -105,11 +109,15 @@ def _particles_csv(particles: ParticleTable, edge_mode: str) -> str:
     return _csv_text(list(columns), rows)
 
 
-def _distribution_csv(distribution: SizeDistribution) -> str:
+def _distribution_csv(distribution: SizeDistribution, bands: BootstrapBands | None) -> str:
     columns = {"sieve_mm": distribution.sieves_mm}
     for weighting in WEIGHTINGS:
         columns[f"retained_{weighting}_pct"] = distribution.retained_at_sieves(weighting)
         columns[f"passing_{weighting}_pct"] = distribution.passing_at_sieves(weighting)
+        no_band = np.full(len(distribution.sieves_mm), math.nan)
+        low, high = bands.passing_pct[weighting] if bands else (no_band, no_band)
+        columns[f"passing_{weighting}_pct_low"] = low
+        columns[f"passing_{weighting}_pct_high"] = high
     rows = zip(*(column.tolist() for column in columns.values()), strict=True)
     return _csv_text(list(columns), rows)
 
@@ -138,6 +146,7 @@ def summarize(
     mm_per_px: float,
     title: str = "",
     skipped: Mapping[str, int] | None = None,
+    bands: BootstrapBands | None = None,
 ) -> dict:
     """
     The JSON summary of a report (NaN written as null).
@@ -145,6 +154,7 @@ def summarize(
     Args:
         fits: {weighting: {model: FitResult}} for weightings "count" and "mass".
         skipped: {reason: count} of the annotations left out unmeasured (e.g. without a pixel).
+        bands: the bootstrap intervals, if any.
     """
     skipped = dict(skipped or {})
     count = distribution.count
@@ -170,6 +180,7 @@ def summarize(
             "interpolation": INTERPOLATION,
             "topsize_definition": TOPSIZE_DEFINITION,
             "d_values_mm": {w: distribution.curve(w).d_values() for w in WEIGHTINGS},
+            "confidence_intervals": _intervals_summary(bands),
             "largest_particle_mm": float(count.sizes[-1]) if len(count) else math.nan,
             "fits": {
                 w: {model: fit.to_dict() for model, fit in fits[w].items()} for w in WEIGHTINGS
@@ -178,12 +189,31 @@ def summarize(
     )
 
 
+def _intervals_summary(bands: BootstrapBands | None) -> dict | None:
+    if bands is None:
+        return None
+    return {
+        "method": f"percentile bootstrap, resampling {bands.resampled} (see segtools.analysis."
+        "bootstrap)",
+        "confidence": bands.options.confidence,
+        "resamples": bands.options.resamples,
+        "seed": bands.options.seed,
+        "d_values_mm": {
+            w: {name: list(interval) for name, interval in bands.d_values_mm[w].items()}
+            for w in WEIGHTINGS
+        },
+    }
+
+
 def render_psd_plot(
-    distribution: SizeDistribution, fits: Mapping[str, Mapping[str, FitResult]], title: str = ""
+    distribution: SizeDistribution,
+    fits: Mapping[str, Mapping[str, FitResult]],
+    title: str = "",
+    bands: BootstrapBands | None = None,
 ) -> np.ndarray:
     """
-    Cumulative passing (log size axis; count and mass, fits dashed, D50/D80 marked) beside the
-    histogram over the sieve series.
+    Cumulative passing (log size axis; count and mass, fits dashed, D50/D80 marked, bootstrap
+    bands shaded) beside the histogram over the sieve series.
 
     Returns:
         (H, W, 3) BGR uint8 image.
@@ -202,6 +232,18 @@ def render_psd_plot(
             curve_axes.plot(
                 curve.sizes, curve.plotting_percent(), color=colour, label=f"by {weighting}"
             )
+            if bands is not None:
+                low, high = bands.band_mm[weighting]
+                confidence = round(100 * bands.options.confidence)
+                curve_axes.fill_betweenx(
+                    BAND_PERCENTS,
+                    low,
+                    high,
+                    color=colour,
+                    alpha=0.15,
+                    linewidth=0,
+                    label=f"{confidence}% interval by {weighting}",
+                )
             dense_sizes = np.geomspace(curve.sizes[0], curve.sizes[-1], 200)
             for model, fit in fits[weighting].items():
                 if fit.fitted:
@@ -260,6 +302,7 @@ def write_psd_report(
     sieves_mm: list[float] | None = None,
     title: str = "",
     skipped: Mapping[str, int] | None = None,
+    bootstrap: BootstrapOptions | None = DEFAULT_BOOTSTRAP,
 ) -> dict:
     """
     Write the four report files for `particles` into a new folder `out_dir`, all at once.
@@ -268,6 +311,7 @@ def write_psd_report(
         measure, edge_mode, sieves_mm: as in :func:`size_distribution`.
         title: shown in the plot and the summary.
         skipped: as in :func:`summarize`.
+        bootstrap: how to bootstrap the intervals; None: no intervals.
 
     Returns:
         The summary written to summary.json.
@@ -279,15 +323,18 @@ def write_psd_report(
     check_new_or_empty_folder(out_dir, "report folder")
     distribution = size_distribution(particles, measure, edge_mode, sieves_mm)
     fits = {weighting: fit_models(distribution.curve(weighting)) for weighting in WEIGHTINGS}
-    summary = summarize(distribution, fits, particles.mm_per_px, title, skipped)
+    bands = bootstrap_bands(particles, distribution, bootstrap) if bootstrap else None
+    summary = summarize(distribution, fits, particles.mm_per_px, title, skipped, bands)
     with atomic_directory(out_dir) as tmp_dir:
         atomic_write_text(
             os.path.join(tmp_dir, PARTICLES_CSV), _particles_csv(particles, edge_mode)
         )
-        atomic_write_text(os.path.join(tmp_dir, DISTRIBUTION_CSV), _distribution_csv(distribution))
+        atomic_write_text(
+            os.path.join(tmp_dir, DISTRIBUTION_CSV), _distribution_csv(distribution, bands)
+        )
         atomic_write_json(os.path.join(tmp_dir, SUMMARY_JSON), summary, indent=2)
         atomic_write_image(
-            os.path.join(tmp_dir, PLOT_PNG), render_psd_plot(distribution, fits, title)
+            os.path.join(tmp_dir, PLOT_PNG), render_psd_plot(distribution, fits, title, bands)
         )
     return summary
 
@@ -354,16 +401,24 @@ def _draw_colour_bar(canvas: np.ndarray, low_mm: float, high_mm: float, measure:
 def _d_values_rows(summaries: Mapping[str, dict]) -> tuple[list[str], list[list[str]]]:
     names = [f"D{p}" for p in D_PERCENTS] + ["topsize"]
     counted = ("particles", "border", "used", "skipped")
-    header = ["report", "weighting", *counted, *(f"{n}_mm" for n in names)]
+    bounds = [f"{n}_{end}_mm" for n in names for end in ("low", "high")]
+    header = ["report", "weighting", *counted, *(f"{n}_mm" for n in names), *bounds]
+
+    def cell(value) -> str:
+        return "nan" if value is None else f"{value:.4g}"
+
     rows = []
     for report_name, summary in summaries.items():
         counts = summary["counts"]
+        intervals = summary.get("confidence_intervals")
         for weighting in WEIGHTINGS:
             d_values = summary["d_values_mm"][weighting]
+            limits = intervals["d_values_mm"][weighting] if intervals else {}
             rows.append(
                 [report_name, weighting]
                 + [str(counts[key]) for key in counted]
-                + ["nan" if d_values[n] is None else f"{d_values[n]:.4g}" for n in names]
+                + [cell(d_values[n]) for n in names]
+                + [cell(limits[n][end]) if n in limits else "nan" for n in names for end in (0, 1)]
             )
     return header, rows
 

@@ -16,7 +16,13 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from tqdm import tqdm
 
-from ..analysis import ParticleTable, measure_instances, write_psd_report
+from ..analysis import (
+    DEFAULT_BOOTSTRAP,
+    BootstrapOptions,
+    ParticleTable,
+    measure_instances,
+    write_psd_report,
+)
 from ..atomic_io import atomic_write_image, atomic_write_json
 from ..checkpoint import load_weights
 from .detections import detections_from_instances
@@ -38,6 +44,7 @@ class PsdOptions:
     mm_per_px: float
     measure: str = "ecd"
     edge_mode: str = "include"
+    bootstrap: BootstrapOptions | None = DEFAULT_BOOTSTRAP
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,7 @@ def predict_to_folder(
                 measure=psd.measure,
                 edge_mode=psd.edge_mode,
                 title=f"all {len(record.images)} image(s)",
+                bootstrap=psd.bootstrap,
             )
     except BaseException as error:
         _write_failed_run(error, output, record)
@@ -239,5 +247,6 @@ def _write_image_psd(detections, entry: dict, output: str, psd: PsdOptions) -> P
         measure=psd.measure,
         edge_mode=psd.edge_mode,
         title=entry["name"],
+        bootstrap=psd.bootstrap,
     )
     return table
