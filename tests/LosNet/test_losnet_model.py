@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
 
 from segtools.batch_norm import fold_batch_norms
@@ -123,6 +124,21 @@ def test_inference_on_empty_image_gives_empty_instances():
     assert instances.image_size == (32, 48)
     assert instances.pred_masks.shape == (0, 32, 48)
     assert instances.pred_boxes.tensor.shape == (0, 4)
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_mask_targets_are_block_averages_of_the_padded_masks(stride):
+    model = build_losnet("MODEL.LOSNET.MASK_HEAD.OUT_STRIDE", stride)
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.rand((5, 37, 50), generator=generator) > 0.6
+    masks[0] = False  # an empty mask
+    masks[1] = True  # a mask over the whole image, up to the padding
+    instances = Instances((37, 50), gt_masks=BitMasks(masks))
+    targets = model._mask_targets(instances, (64, 64))
+    padded = torch.nn.functional.pad(masks.float(), (0, 14, 0, 27))
+    expected = torch.nn.functional.avg_pool2d(padded[:, None], stride)[:, 0]
+    assert targets.shape == (5, 64 // stride, 64 // stride)
+    assert torch.equal(targets, expected)
 
 
 def test_missing_masks_are_reported():
