@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--edge-mode", default="include", choices=EDGE_MODES)
     parser.add_argument("--size-measure", default="ecd", choices=LENGTH_MEASURES)
+    parser.add_argument(
+        "--min-visibility",
+        type=bounded_float(0, 1),
+        help="with --psd: size only the particles the model estimates at least this visible "
+        "(LosNet with MODEL.LOSNET.VISIBILITY.ENABLED); the count keeps every particle",
+    )
     add_bootstrap_arguments(parser)
     return parser
 
@@ -208,13 +214,20 @@ def main(argv=None) -> int:
     predict, metadata = build_predictor(cfg, args.allow_partial_weights, tiling)
     psd = None
     if args.psd:
-        psd = PsdOptions(args.mm_per_px, args.size_measure, args.edge_mode, bootstrap_options(args))
+        psd = PsdOptions(
+            args.mm_per_px,
+            args.size_measure,
+            args.edge_mode,
+            bootstrap_options(args),
+            args.min_visibility,
+        )
     settings = {
         "config_file": args.config_file,
         "overrides": opts,
         "weights": args.weights,
         "allow_partial_weights": args.allow_partial_weights,
         "device": cfg.MODEL.DEVICE,
+        "min_visibility": args.min_visibility,
         "score_threshold": test_score_threshold(cfg)[1],
         "score_threshold_from": threshold_source,
         "tiling": None if tiling is None else asdict(tiling),

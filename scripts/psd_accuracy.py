@@ -6,7 +6,7 @@ set (D50 and D80 by count and by mass), for ground-truth masks and optionally fo
     python scripts/psd_accuracy.py \\
         --ground-truth datasets/ore_synthetic/val/annotations.json \\
         [--predictions output/.../inference/ore_synthetic_val/coco_instances_results.json] \\
-        [--score-thresh 0.3] [--json accuracy.json]
+        [--score-thresh 0.3] [--min-visibility 0.9] [--json accuracy.json]
 
 See segtools.analysis.accuracy for the three comparisons.
 """
@@ -28,6 +28,12 @@ def main(argv=None) -> int:
     parser.add_argument("--predictions", help="COCO results on the same images")
     parser.add_argument("--score-thresh", type=float, default=0.0)
     parser.add_argument("--max-hidden", type=float, default=0.05)
+    parser.add_argument(
+        "--min-visibility",
+        type=float,
+        help="also size the predictions estimated at least this visible (needs a LosNet with "
+        "MODEL.LOSNET.VISIBILITY.ENABLED)",
+    )
     parser.add_argument("--json", help="also write the comparisons to this file")
     args = parser.parse_args(argv)
     for path in (args.ground_truth, args.predictions):
@@ -35,7 +41,12 @@ def main(argv=None) -> int:
             parser.error(f"no such file: {path}")
 
     rows = psd_accuracy(
-        args.ground_truth, args.predictions, args.score_thresh, args.max_hidden, show_progress=True
+        args.ground_truth,
+        args.predictions,
+        args.score_thresh,
+        args.max_hidden,
+        show_progress=True,
+        min_visibility=args.min_visibility,
     )
     table = [
         [

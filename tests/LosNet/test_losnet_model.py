@@ -58,6 +58,57 @@ def test_losses_finite_and_every_parameter_gets_gradient(opts):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def visibility_batch(fractions):
+    """The training batch, its first image's instances with visible `fractions`."""
+    batch = training_batch()
+    instances = batch[0]["instances"]
+    instances.gt_visibility = torch.tensor(fractions, dtype=torch.float32)
+    batch[1]["instances"].gt_visibility = torch.zeros(0)
+    return batch
+
+
+def test_visibility_is_learned_where_annotated():
+    model = build_losnet("MODEL.LOSNET.VISIBILITY.ENABLED", True)
+    losses = train_step_losses(model, visibility_batch([0.9, math.nan, 0.3]))
+    assert set(losses) == {"loss_cls", "loss_box_giou", "loss_quality", "loss_mask",
+                           "loss_visibility"}  # fmt: skip
+    # At initialisation every logit is 0: BCE(0.5) against each annotated fraction.
+    expected = [0.9, 0.3]
+    bce = -sum(f * math.log(0.5) + (1 - f) * math.log(0.5) for f in expected) / len(expected)
+    assert losses["loss_visibility"].item() == pytest.approx(bce, rel=0.05)
+    sum(losses.values()).backward()
+    assert model.head.visibility.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_visibility_without_annotations_costs_nothing_and_keeps_the_graph():
+    model = build_losnet("MODEL.LOSNET.VISIBILITY.ENABLED", True)
+    for batch in (training_batch(), visibility_batch([math.nan] * 3)):
+        losses = train_step_losses(model, batch)
+        assert losses["loss_visibility"].item() == 0
+        model.zero_grad()
+        sum(losses.values()).backward()
+        assert model.head.visibility.weight.grad is not None
+
+
+def test_visibility_is_predicted_per_detection():
+    model = build_losnet(
+        "MODEL.LOSNET.VISIBILITY.ENABLED", True, "MODEL.LOSNET.SCORE_THRESH_TEST", 0.0
+    ).eval()
+    torch.nn.init.constant_(model.head.visibility.bias, 1.0)
+    with torch.no_grad():
+        (output,) = model([{"image": torch.rand(3, 64, 96) * 255, "height": 128, "width": 192}])
+    instances = output["instances"]
+    assert len(instances) > 0 and instances.pred_visibility.shape == (len(instances),)
+    # Weights start near 0 (std 0.01): the bias dominates.
+    assert torch.allclose(instances.pred_visibility, torch.sigmoid(torch.tensor(1.0)), atol=0.05)
+    assert (
+        not build_losnet()
+        .eval()([{"image": torch.rand(3, 64, 96) * 255}])[0]["instances"]
+        .has("pred_visibility")
+    )
+
+
 def test_empty_batch_trains():
     model = build_losnet()
     batch = [{"image": torch.rand(3, 64, 64) * 255, "instances": rectangle_instances(64, 64, [])}]

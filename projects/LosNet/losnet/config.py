@@ -90,6 +90,13 @@ def add_losnet_config(cfg):
     # Where each mask is pasted at output resolution: "box" (its box widened by one mask cell,
     # as Detectron2 pastes Mask R-CNN's) or "image" (the whole output: R x H x W samples).
     cfg.MODEL.LOSNET.MASK_PASTE_REGION = "box"
+    # Per-detection visibility (not in the paper): a 3x3 conv on the box tower predicts the
+    # visible fraction of the particle at each location, trained with BCE at the positive
+    # locations against the annotations' "visible_fraction" where they have one. Particle-size
+    # analysis can then size from the particles estimated nearly whole (psd --min-visibility).
+    cfg.MODEL.LOSNET.VISIBILITY = CN()
+    cfg.MODEL.LOSNET.VISIBILITY.ENABLED = False
+    cfg.MODEL.LOSNET.VISIBILITY.LOSS_WEIGHT = 1.0
 
     # Mask branch: the levels are brought to a common width (LEVEL_CONVS), P4 and P5 upsampled
     # and added to P3, then NUM_CONVS 3x3 convs and a 1x1 conv give OUT_CHANNELS mask features

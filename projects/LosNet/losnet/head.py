@@ -81,6 +81,7 @@ class LosNetHead(nn.Module):
         controller_on_box_tower: bool,
         prior_prob: float,
         box_reg_scale: bool = False,
+        visibility: bool = False,
     ):
         """
         Args:
@@ -89,6 +90,7 @@ class LosNetHead(nn.Module):
             controller_on_box_tower: put the controller on the box tower instead of a tower of
                 its own with `num_cls_convs` convs.
             box_reg_scale: multiply each level's box distances by a learnable :class:`Scale`.
+            visibility: also predict each location's visible fraction on the box tower.
         """
         super().__init__()
         channels = {s.channels for s in input_shape}
@@ -107,7 +109,9 @@ class LosNetHead(nn.Module):
         self.bbox_pred = nn.Conv2d(channels, 4, kernel_size=3, padding=1)
         self.quality = nn.Conv2d(channels, 1, kernel_size=3, padding=1)
         self.controller = nn.Conv2d(channels, num_controller_params, kernel_size=3, padding=1)
-        for predictor in (self.cls_score, self.bbox_pred, self.quality, self.controller):
+        self.visibility = nn.Conv2d(channels, 1, kernel_size=3, padding=1) if visibility else None
+        predictors = [self.cls_score, self.bbox_pred, self.quality, self.controller]
+        for predictor in predictors + ([self.visibility] if visibility else []):
             nn.init.normal_(predictor.weight, std=0.01)
             nn.init.constant_(predictor.bias, 0)
         # Start with every location predicting background with probability 1 - prior_prob.
@@ -136,6 +140,9 @@ class LosNetHead(nn.Module):
             "box_reg_scale": check_choice(
                 "MODEL.LOSNET.BOX_REG_SCALE", losnet.BOX_REG_SCALE, (False, True)
             ),
+            "visibility": check_choice(
+                "MODEL.LOSNET.VISIBILITY.ENABLED", losnet.VISIBILITY.ENABLED, (False, True)
+            ),
         }
 
     def forward(self, features: list[torch.Tensor]):
@@ -146,9 +153,9 @@ class LosNetHead(nn.Module):
         Returns:
             Four lists over levels: class logits (N, K, Hi, Wi), box distances in strides
             before their ReLU (N, 4, Hi, Wi), quality logits (N, 1, Hi, Wi) and controller
-            outputs (N, P, Hi, Wi).
+            outputs (N, P, Hi, Wi); with visibility a fifth, its logits (N, 1, Hi, Wi).
         """
-        logits, box_deltas, quality, controller = [], [], [], []
+        logits, box_deltas, quality, controller, visibility = [], [], [], [], []
         for level, feature in enumerate(features):
             box_feature = self.box_tower(feature, level)
             logits.append(self.cls_score(self.cls_tower(feature, level)))
@@ -161,4 +168,8 @@ class LosNetHead(nn.Module):
                 else self.controller_tower(feature, level)
             )
             controller.append(self.controller(controller_feature))
-        return logits, box_deltas, quality, controller
+            if self.visibility is not None:
+                visibility.append(self.visibility(box_feature))
+        if self.visibility is None:
+            return logits, box_deltas, quality, controller
+        return logits, box_deltas, quality, controller, visibility

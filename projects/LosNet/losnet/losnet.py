@@ -98,6 +98,7 @@ class LosNet(FCOS):
         test_nms_thresh: float,
         max_detections_per_image: int,
         mask_paste_region: str,
+        visibility_loss_weight: float,
         pixel_mean,
         pixel_std,
     ):
@@ -110,6 +111,8 @@ class LosNet(FCOS):
             mask_positives_per_image, mask_positives_quota: `cap` and `quota` of
                 :func:`select_mask_positives`.
             mask_paste_region: `region` of :func:`paste_masks`.
+            visibility_loss_weight: weight of :meth:`visibility_loss` (with a head that
+                predicts visibility).
             Other arguments mean the same as in :class:`FCOS`.
         """
         super().__init__(
@@ -154,6 +157,7 @@ class LosNet(FCOS):
         self.mask_positives_per_image = mask_positives_per_image
         self.mask_positives_quota = mask_positives_quota
         self.mask_paste_region = mask_paste_region
+        self.visibility_loss_weight = visibility_loss_weight
 
     @classmethod
     def from_config(cls, cfg):
@@ -201,6 +205,7 @@ class LosNet(FCOS):
             "test_nms_thresh": losnet.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "mask_paste_region": losnet.MASK_PASTE_REGION,
+            "visibility_loss_weight": losnet.VISIBILITY.LOSS_WEIGHT,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
@@ -265,8 +270,8 @@ class LosNet(FCOS):
         mask_features: torch.Tensor,
         gt_instances: list[Instances],
     ):
-        pred_logits, pred_deltas, pred_quality, pred_controller = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4, 1, self.mask_head.num_params]
+        pred_logits, pred_deltas, pred_quality, pred_controller, *pred_visibility = (
+            self._transpose_dense_predictions(predictions, self._prediction_dims())
         )
         anchors = self.anchor_generator(features)
         # Labelled regions, for segtools.profiling.
@@ -290,7 +295,49 @@ class LosNet(FCOS):
                     images.tensor.shape[-2:],
                 )
             )
+        if pred_visibility:
+            losses["loss_visibility"] = self.visibility_loss(
+                pred_visibility[0], matched_indices, gt_instances
+            )
         return losses
+
+    def _prediction_dims(self) -> list[int]:
+        """Channels of the head's outputs: classes, box, quality, controller, [visibility]."""
+        dims = [self.num_classes, 4, 1, self.mask_head.num_params]
+        return dims + [1] if self.head.visibility is not None else dims
+
+    def visibility_loss(
+        self,
+        pred_visibility: list[torch.Tensor],
+        matched_indices: list[torch.Tensor],
+        gt_instances: list[Instances],
+    ) -> torch.Tensor:
+        """
+        Binary cross-entropy of the visibility logit at every positive location against the
+        visible fraction of the instance it matched, over the positives whose instance has
+        one (`gt_visibility`, not NaN), times the loss weight.
+
+        Args:
+            pred_visibility: per level, (N, Ri, 1) logits.
+            matched_indices: per image, (R,) the instance each location matched, -1 for none.
+        """
+        logits = cat(pred_visibility, dim=1)[..., 0]  # (N, R)
+        chosen_logits, targets = [], []
+        for image_index, (instances, matched) in enumerate(
+            zip(gt_instances, matched_indices, strict=True)
+        ):
+            positives = torch.nonzero(matched >= 0)[:, 0]
+            if not instances.has("gt_visibility") or len(positives) == 0:
+                continue
+            fractions = instances.gt_visibility[matched[positives]]
+            known = torch.isfinite(fractions)
+            chosen_logits.append(logits[image_index, positives[known]])
+            targets.append(fractions[known].clamp(0, 1))
+        if not targets or sum(map(len, targets)) == 0:
+            # Keep the predictor in the graph (DDP needs every parameter used).
+            return logits.sum() * 0.0
+        loss = F.binary_cross_entropy_with_logits(cat(chosen_logits), cat(targets))
+        return loss * self.visibility_loss_weight
 
     @torch.no_grad()
     def label_anchors(self, anchors: list[Boxes], gt_instances: list[Instances]):
@@ -548,8 +595,8 @@ class LosNet(FCOS):
             `pred_classes` and `mask_logits` (R, H / s, W / s) over the padded image. The
             dynamic mask head runs per image, on that image's detections.
         """
-        pred_logits, pred_deltas, pred_quality, pred_controller = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4, 1, self.mask_head.num_params]
+        pred_logits, pred_deltas, pred_quality, pred_controller, *pred_visibility = (
+            self._transpose_dense_predictions(predictions, self._prediction_dims())
         )
         anchors = self.anchor_generator(features)
         outputs = []
@@ -561,6 +608,7 @@ class LosNet(FCOS):
                 [x[index] for x in pred_quality],
                 [x[index] for x in pred_controller],
                 image_size,
+                [x[index] for x in pred_visibility[0]] if pred_visibility else None,
             )
             mask_logits = self.mask_head(
                 mask_features[index : index + 1],
@@ -569,15 +617,16 @@ class LosNet(FCOS):
                 detections.sizes_of_interest,
                 detections.mask_params,
             )
-            outputs.append(
-                Instances(
-                    detections.image_size,
-                    pred_boxes=detections.pred_boxes,
-                    scores=detections.scores,
-                    pred_classes=detections.pred_classes,
-                    mask_logits=mask_logits,
-                )
+            output = Instances(
+                detections.image_size,
+                pred_boxes=detections.pred_boxes,
+                scores=detections.scores,
+                pred_classes=detections.pred_classes,
+                mask_logits=mask_logits,
             )
+            if detections.has("visibility_logits"):
+                output.pred_visibility = detections.visibility_logits.sigmoid()
+            outputs.append(output)
         return outputs
 
     def inference_single_image(
@@ -588,6 +637,7 @@ class LosNet(FCOS):
         quality: list[torch.Tensor],
         controller: list[torch.Tensor],
         image_size: tuple[int, int],
+        visibility: list[torch.Tensor] | None = None,
     ) -> Instances:
         """
         Score every location by sqrt(cls x quality) (eq. 2), keep those above the threshold,
@@ -595,15 +645,25 @@ class LosNet(FCOS):
 
         Args:
             logits, deltas, quality, controller: per level, (Ri, K), (Ri, 4), (Ri, 1), (Ri, P).
+            visibility: per level, (Ri, 1) logits, if the head predicts them.
 
         Returns:
-            Instances with `pred_boxes`, `scores`, `pred_classes`, and the `locations`,
-            `sizes_of_interest` and `mask_params` the dynamic mask head needs.
+            Instances with `pred_boxes`, `scores`, `pred_classes`, the `locations`,
+            `sizes_of_interest` and `mask_params` the dynamic mask head needs, and with
+            `visibility` their `visibility_logits`.
         """
         candidates = []
-        for anchors_i, logits_i, deltas_i, quality_i, controller_i, size_of_interest in zip(
+        levels = zip(
             anchors, logits, deltas, quality, controller, self.sizes_of_interest, strict=True
-        ):
+        )
+        for level, (
+            anchors_i,
+            logits_i,
+            deltas_i,
+            quality_i,
+            controller_i,
+            size_of_interest,
+        ) in enumerate(levels):
             scores = torch.sqrt(logits_i.sigmoid() * quality_i.sigmoid())  # (Ri, K)
             keep = scores > self.test_score_thresh
             scores = scores[keep]
@@ -619,17 +679,18 @@ class LosNet(FCOS):
             boxes = self.box2box_transform.apply_deltas(
                 deltas_i[anchor_indices], anchors_i.tensor[anchor_indices]
             )
-            candidates.append(
-                Instances(
-                    image_size,
-                    pred_boxes=Boxes(boxes),
-                    scores=scores,
-                    pred_classes=classes,
-                    locations=anchors_i.get_centers()[anchor_indices],
-                    sizes_of_interest=torch.full_like(scores, float(size_of_interest)),
-                    mask_params=controller_i[anchor_indices],
-                )
+            candidate = Instances(
+                image_size,
+                pred_boxes=Boxes(boxes),
+                scores=scores,
+                pred_classes=classes,
+                locations=anchors_i.get_centers()[anchor_indices],
+                sizes_of_interest=torch.full_like(scores, float(size_of_interest)),
+                mask_params=controller_i[anchor_indices],
             )
+            if visibility is not None:
+                candidate.visibility_logits = visibility[level][anchor_indices, 0]
+            candidates.append(candidate)
         detections = Instances.cat(candidates)
         keep = batched_nms(
             detections.pred_boxes.tensor,
@@ -648,7 +709,8 @@ class LosNet(FCOS):
 
         Returns:
             Instances of size (output_height, output_width) with `pred_boxes`, `scores`,
-            `pred_classes` and boolean `pred_masks` (R, output_height, output_width).
+            `pred_classes`, boolean `pred_masks` (R, output_height, output_width) and, if the
+            model predicts it, `pred_visibility` (R,) in [0, 1].
         """
         input_height, input_width = results.image_size
         boxes = results.pred_boxes.clone()
@@ -662,10 +724,13 @@ class LosNet(FCOS):
             (output_height, output_width),
             self.mask_paste_region,
         )
-        return Instances(
+        processed = Instances(
             (output_height, output_width),
             pred_boxes=boxes,
             scores=results.scores,
             pred_classes=results.pred_classes,
             pred_masks=masks,
         )
+        if results.has("pred_visibility"):
+            processed.pred_visibility = results.pred_visibility
+        return processed

@@ -73,11 +73,12 @@ def _compare(subset: str, measured: np.ndarray, true: np.ndarray) -> list:
     return rows
 
 
-def _measured_diameters(json_path: str, score_thresh: float, show_progress: bool):
+def _measured_diameters(
+    json_path: str, score_thresh: float, show_progress: bool, min_visibility=None
+):
     """Per particle: (annotation id, ECD in px, touches the border)."""
-    tables = iter_particle_tables(
-        load_coco_instances(json_path, score_thresh), mm_per_px=1.0, show_progress=show_progress
-    )
+    instances = load_coco_instances(json_path, score_thresh, min_visibility)
+    tables = iter_particle_tables(instances, mm_per_px=1.0, show_progress=show_progress)
     records = [table.records for _, table, _ in tables]
     if not records:
         return np.zeros(0, int), np.zeros(0), np.zeros(0, bool)
@@ -91,6 +92,7 @@ def psd_accuracy(
     score_thresh: float = 0.0,
     max_hidden: float = 0.05,
     show_progress: bool = False,
+    min_visibility: float | None = None,
 ) -> list:
     """
     Args:
@@ -98,6 +100,8 @@ def psd_accuracy(
         predictions_json: optional COCO results on the same images (image ids of that file).
         score_thresh: predictions scoring below it are left out.
         max_hidden: largest hidden fraction of the "whole" subset.
+        min_visibility: also compare the predictions estimated at least this visible (see
+            :func:`load_coco_instances`).
 
     Returns:
         list[DValueComparison], by count and by mass for each comparison.
@@ -125,4 +129,13 @@ def psd_accuracy(
             predictions_json, score_thresh, show_progress
         )
         rows += _compare("predictions, interior", predicted[~predicted_border], truth[interior])
+        if min_visibility is not None:
+            _, whole_predicted, whole_border = _measured_diameters(
+                predictions_json, score_thresh, show_progress, min_visibility
+            )
+            rows += _compare(
+                f"predictions, interior, estimated >= {min_visibility:.0%} visible",
+                whole_predicted[~whole_border],
+                truth[interior],
+            )
     return rows

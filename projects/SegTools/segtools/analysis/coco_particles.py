@@ -111,12 +111,28 @@ def _from_ground_truth(data: dict, path: str) -> list[CocoImageInstances]:
     ]
 
 
-def _from_results(data: list, path: str, score_thresh: float) -> list[CocoImageInstances]:
+def _estimated_whole(entry: dict, index: int, path: str, min_visibility: float | None) -> bool:
+    """Whether a result is kept by `min_visibility` (None keeps every one)."""
+    if min_visibility is None:
+        return True
+    visibility = entry.get("visibility")
+    if not isinstance(visibility, (int, float)) or isinstance(visibility, bool):
+        raise CocoFormatError(
+            f"{path}: [{index}]['visibility'] = {visibility!r}: a minimum visibility needs "
+            "each prediction's estimated visible fraction (a LosNet trained with "
+            "MODEL.LOSNET.VISIBILITY.ENABLED True writes it)"
+        )
+    return visibility >= min_visibility
+
+
+def _from_results(
+    data: list, path: str, score_thresh: float, min_visibility: float | None
+) -> list[CocoImageInstances]:
     frame_sizes = check_results(data, path, integer_ids=True)
     per_image = {}
     for index, entry in enumerate(data):
         instances = per_image.setdefault(entry["image_id"], [])
-        if entry["score"] >= score_thresh:
+        if entry["score"] >= score_thresh and _estimated_whole(entry, index, path, min_visibility):
             instances.append((index, entry["segmentation"], float(entry["score"])))
     unsized = [image_id for image_id in per_image if image_id not in frame_sizes]
     if unsized:
@@ -130,7 +146,9 @@ def _from_results(data: list, path: str, score_thresh: float) -> list[CocoImageI
     ]
 
 
-def load_coco_instances(json_path: str, score_thresh: float = 0.0) -> list[CocoImageInstances]:
+def load_coco_instances(
+    json_path: str, score_thresh: float = 0.0, min_visibility: float | None = None
+) -> list[CocoImageInstances]:
     """
     Read a COCO ground-truth file or results list (see the module docstring).
 
@@ -138,6 +156,9 @@ def load_coco_instances(json_path: str, score_thresh: float = 0.0) -> list[CocoI
         json_path: the JSON file.
         score_thresh: predictions scoring below it are dropped (ground truth has no scores).
             An image whose predictions are all dropped is kept, with no instances.
+        min_visibility: predictions whose estimated visible fraction ("visibility") is below
+            it are dropped too, so that sizes come from particles seen nearly whole; a result
+            without one is refused.
 
     Returns:
         One entry per image, in file order.
@@ -148,7 +169,7 @@ def load_coco_instances(json_path: str, score_thresh: float = 0.0) -> list[CocoI
     """
     data = read_coco_json(json_path)
     if isinstance(data, list):
-        return _from_results(data, json_path, score_thresh)
+        return _from_results(data, json_path, score_thresh, min_visibility)
     return _from_ground_truth(data, json_path)
 
 

@@ -62,6 +62,7 @@ def write_coco_psd_reports(
     measure: str = "ecd",
     edge_mode: str = "include",
     score_thresh: float = 0.0,
+    min_visibility: float | None = None,
     show_progress: bool = True,
     bootstrap: BootstrapOptions | None = DEFAULT_BOOTSTRAP,
 ) -> str:
@@ -76,6 +77,8 @@ def write_coco_psd_reports(
             image's report gets a size overlay (:func:`draw_size_overlay`).
         measure, edge_mode: as in :func:`size_distribution`.
         score_thresh: predictions scoring below it are left out.
+        min_visibility: predictions estimated less visible are left out (see
+            :func:`load_coco_instances`).
         show_progress: show a progress bar over the images.
         bootstrap: the reports' confidence intervals (None: none), as in
             :func:`write_psd_report`.
@@ -92,7 +95,7 @@ def write_coco_psd_reports(
         ImageReadError: if a photo cannot be read whole.
     """
     check_new_or_empty_folder(out_dir)
-    images = load_coco_instances(coco_json, score_thresh)
+    images = load_coco_instances(coco_json, score_thresh, min_visibility)
     photo_paths = resolve_image_paths(image_dir, images) if image_dir else {}
     options = {"measure": measure, "edge_mode": edge_mode}
     summaries, tables, skipped_rows = {}, [], []

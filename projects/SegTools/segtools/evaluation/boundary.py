@@ -7,8 +7,9 @@ minus its erosion by 2 % of the image diagonal.
 
 import copy
 
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.logger import create_small_table
+
+from .coco import COCOEvaluatorWithVisibility
 
 __all__ = ["COCOBoundaryEvaluator"]
 
@@ -16,17 +17,18 @@ __all__ = ["COCOBoundaryEvaluator"]
 _METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-class COCOBoundaryEvaluator(COCOEvaluator):
+class COCOBoundaryEvaluator(COCOEvaluatorWithVisibility):
     """
     Detectron2's :class:`COCOEvaluator` whose results also hold "boundary": Boundary AP, AP50,
-    AP75 and by object size (by mask area, as mask AP), over the same detections as "segm".
+    AP75 and by object size (by mask area, as mask AP), over the same detections as "segm";
+    visibilities kept as :class:`COCOEvaluatorWithVisibility` does.
     """
 
     def __init__(self, *args, dilation_ratio: float = 0.02, **kwargs):
         """
         Args:
             dilation_ratio: the boundary's width as a fraction of the image diagonal.
-            args, kwargs: those of :class:`COCOEvaluator`.
+            args, kwargs: those of Detectron2's :class:`COCOEvaluator`.
         """
         super().__init__(*args, **kwargs)
         self._dilation_ratio = dilation_ratio

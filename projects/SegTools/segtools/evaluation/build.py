@@ -3,11 +3,12 @@
 import os
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+from detectron2.evaluation import DatasetEvaluators
 
 from ..data.cityscapes_street import ensure_cityscapes_supported
 from .boundary import COCOBoundaryEvaluator
 from .cityscapes import CityscapesInstanceEvaluatorNumpyCompat, CityscapesSubsetInstanceEvaluator
+from .coco import COCOEvaluatorWithVisibility
 from .lvis import LVISEvaluatorNumpyCompat
 
 __all__ = ["build_evaluator"]
@@ -18,7 +19,8 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str):
     The evaluator for `dataset_name`, chosen by its metadata's `evaluator_type`:
 
     * "coco": COCOEvaluator (box and mask AP), counting up to TEST.DETECTIONS_PER_IMAGE
-      detections per image, so dense ore images are not cut at COCO's default 100;
+      detections per image, so dense ore images are not cut at COCO's default 100, its results
+      file keeping the detections' estimated visibility if the model gives one;
     * "lvis": LVISEvaluator;
     * "cityscapes_instance": CityscapesInstanceEvaluator (the 8 classes);
     * "cityscapes_instance_subset": the Cityscapes evaluator averaged over the dataset's own
@@ -36,7 +38,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str):
             f"evaluator_type={evaluator_type!r}: Boundary AP needs a COCO-style evaluator "
             "(coco, cityscapes_instance_subset); set it to False"
         )
-    coco_evaluator = COCOBoundaryEvaluator if boundary_ap else COCOEvaluator
+    coco_evaluator = COCOBoundaryEvaluator if boundary_ap else COCOEvaluatorWithVisibility
     os.makedirs(output_folder, exist_ok=True)
     if evaluator_type == "coco":
         return coco_evaluator(dataset_name, output_dir=output_folder, max_dets_per_image=max_dets)

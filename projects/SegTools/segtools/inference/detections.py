@@ -20,16 +20,29 @@ class Detection:
         mask_origin: (x, y) image pixel of mask[0, 0].
         mask_shape: (h, w) of the mask.
         area: pixels of the mask.
+        visibility: the model's estimate of the particle's visible fraction, None if it makes
+            none.
     """
 
-    __slots__ = ("score", "category_id", "box", "mask_origin", "mask_shape", "area", "_bits")
+    __slots__ = (
+        "score", "category_id", "box", "mask_origin", "mask_shape", "area", "visibility", "_bits"
+    )  # fmt: skip
 
-    def __init__(self, score: float, category_id: int, box: tuple, mask_origin: tuple, mask):
+    def __init__(
+        self,
+        score: float,
+        category_id: int,
+        box: tuple,
+        mask_origin: tuple,
+        mask,
+        visibility: float | None = None,
+    ):
         """
         Args:
-            score, category_id, box, mask_origin: see the attributes.
+            score, category_id, box, mask_origin, visibility: see the attributes.
             mask: (h, w) boolean mask over its tight box, at least one pixel set.
         """
+        self.visibility = visibility
         self.score = score
         self.category_id = category_id
         self.box = box
@@ -67,22 +80,28 @@ class Detection:
         return full
 
     def to_coco_result(self, image_id, height: int, width: int) -> dict:
-        """A COCO results entry: image_id, category_id (1-based), bbox XYWH, score, RLE."""
+        """
+        A COCO results entry: image_id, category_id (1-based), bbox XYWH, score, RLE, and the
+        visibility if the model estimates it.
+        """
         x0, y0, x1, y1 = self.box
-        return {
+        result = {
             "image_id": image_id,
             "category_id": self.category_id + 1,
             "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
             "score": float(self.score),
             "segmentation": encode_mask(self.mask, self.mask_origin, (height, width)),
         }
+        if self.visibility is not None:
+            result["visibility"] = float(self.visibility)
+        return result
 
 
 def detections_from_instances(instances, offset=(0, 0)) -> list:
     """
     Args:
-        instances: Detectron2 Instances on the CPU with `pred_boxes`, `scores`, `pred_classes`
-            and boolean `pred_masks` (N, H, W).
+        instances: Detectron2 Instances on the CPU with `pred_boxes`, `scores`, `pred_classes`,
+            boolean `pred_masks` (N, H, W) and optionally `pred_visibility` (N,).
         offset: (x, y) of the instances' image within a larger image.
 
     Returns:
@@ -92,9 +111,19 @@ def detections_from_instances(instances, offset=(0, 0)) -> list:
     dx, dy = offset
     masks = instances.pred_masks.numpy()
     boxes = instances.pred_boxes.tensor.tolist()
+    visibilities = (
+        instances.pred_visibility.tolist()
+        if instances.has("pred_visibility")
+        else [None] * len(instances)
+    )
     detections = []
-    for mask, box, score, category in zip(
-        masks, boxes, instances.scores.tolist(), instances.pred_classes.tolist(), strict=True
+    for mask, box, score, category, visibility in zip(
+        masks,
+        boxes,
+        instances.scores.tolist(),
+        instances.pred_classes.tolist(),
+        visibilities,
+        strict=True,
     ):
         pixels_box = mask_box(mask)
         if pixels_box is None:
@@ -107,6 +136,7 @@ def detections_from_instances(instances, offset=(0, 0)) -> list:
                 box=(box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy),
                 mask_origin=(x0 + dx, y0 + dy),
                 mask=mask[y0:y1, x0:x1],
+                visibility=visibility,
             )
         )
     return detections

@@ -25,6 +25,7 @@ from ..analysis import (
 )
 from ..atomic_io import atomic_write_image, atomic_write_json
 from ..checkpoint import load_weights
+from ..cli import UsageError
 from .detections import detections_from_instances
 from .inputs import Unreadable, read_frames
 from .tiled import TiledPredictor
@@ -45,6 +46,8 @@ class PsdOptions:
     measure: str = "ecd"
     edge_mode: str = "include"
     bootstrap: BootstrapOptions | None = DEFAULT_BOOTSTRAP
+    # Size only the particles the model estimates at least this visible (None: all).
+    min_visibility: float | None = None
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,19 @@ def _predict_frame(predict, frame, image_id: int, output: str, metadata) -> tupl
     return detections, results, entry
 
 
+def _estimated_whole(detections: list, min_visibility: float | None) -> list:
+    if min_visibility is None:
+        return detections
+    if any(d.visibility is None for d in detections):
+        raise UsageError(
+            "--min-visibility: the model estimates no visibility (train LosNet with "
+            "MODEL.LOSNET.VISIBILITY.ENABLED True)"
+        )
+    return [d for d in detections if d.visibility >= min_visibility]
+
+
 def _write_image_psd(detections, entry: dict, output: str, psd: PsdOptions) -> ParticleTable:
+    detections = _estimated_whole(detections, psd.min_visibility)
     table = measure_instances(
         detections,
         (entry["height"], entry["width"]),

@@ -251,7 +251,11 @@ class _Stitcher:
         filled |= gap
 
     def _detection(self, members: list, mask: np.ndarray, box):
-        """Score and class of the best view; that view itself if the mask is its mask."""
+        """
+        Score and class of the best view, visibility of the most complete one (a view cut by
+        its window's border sees less of the particle); that view itself if the mask is its
+        mask.
+        """
         tight = mask_box(mask)
         if tight is None:
             return None
@@ -262,7 +266,9 @@ class _Stitcher:
             return best
         height, width = mask.shape
         tight_box = (float(x0), float(y0), float(x0 + width), float(y0 + height))
-        return Detection(best.score, best.category_id, tight_box, (x0, y0), mask)
+        estimates = [self.views[v].visibility for v in members]
+        visibility = None if None in estimates else max(estimates)
+        return Detection(best.score, best.category_id, tight_box, (x0, y0), mask, visibility)
 
 
 def stitch_views(windows: list, views: list, merge_iou: float = 0.5) -> list:
