@@ -4,6 +4,7 @@ import pytest
 from detectron2.engine import default_argument_parser
 
 from segtools import engine
+from segtools.calibration import calibration_path, read_calibration
 
 from helpers import REPO_ROOT, register_four_synthetic_images
 
@@ -35,8 +36,13 @@ def test_losnet_overfits_four_synthetic_images(tmp_path):
             "INPUT.RANDOM_FLIP", "none",
             "DATALOADER.NUM_WORKERS", "0",
             "OUTPUT_DIR", str(tmp_path / "output"),
+            "SEGTOOLS.COUNT_CALIBRATION.DATASET", DATASET,
         ]
     )  # fmt: skip
     results = engine.main(args)
     assert results["segm"]["AP50"] >= 90.0, results
     assert results["bbox"]["AP50"] >= 90.0, results
+    # Calibrated on the images it learned: it counts them right.
+    weights = str(tmp_path / "output" / "model_final.pth")
+    calibration = read_calibration(calibration_path(weights), weights)
+    assert calibration.count_at_threshold == calibration.true_count == 30

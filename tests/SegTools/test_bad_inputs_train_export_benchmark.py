@@ -45,6 +45,7 @@ SMALL = [
     "INPUT.MIN_SIZE_TRAIN", "(64,)",
     "INPUT.MAX_SIZE_TRAIN", "64",
     "DATALOADER.NUM_WORKERS", "0",
+    "SEGTOOLS.COUNT_CALIBRATION.DATASET", "",
 ]  # fmt: skip
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 CUDA_REFUSED = (

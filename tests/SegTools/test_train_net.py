@@ -40,6 +40,7 @@ SMALL = [
     # An untrained model scores below the default threshold; report its detections anyway.
     "MODEL.LOSNET.SCORE_THRESH_TEST", "0.0",
     "TEST.DETECTIONS_PER_IMAGE", "50",
+    "SEGTOOLS.COUNT_CALIBRATION.DATASET", "",
 ]  # fmt: skip
 
 
