@@ -274,6 +274,35 @@ def test_disc_larger_than_a_window_is_one_particle():
     assert_exact(TiledPredictor(oracle_predictor, tile=64, overlap=16)(encode(labels)), labels)
 
 
+def visibility_oracle(labels):
+    """A perfect model that also estimates each particle's visible fraction in its window."""
+    full_areas = np.bincount(labels.ravel())
+
+    def predict(crop):
+        output = oracle_predictor(crop)
+        seen = decode(crop)
+        ids = [int(i) for i in np.unique(seen) if i > 0]
+        fractions = [np.count_nonzero(seen == i) / full_areas[i] for i in ids]
+        output["instances"].pred_visibility = torch.tensor(fractions, dtype=torch.float32)
+        return output
+
+    return predict
+
+
+def test_a_merged_particle_takes_the_visibility_of_its_most_complete_view():
+    # Windows at x = 0-64 and 48-112: particle 1 is cut by the first window's border and whole
+    # in the second; particle 2, wider than a window, is whole in none.
+    labels = np.zeros((40, 112), dtype=np.int64)
+    labels[10:20, 56:68] = 1
+    labels[25:35, 2:110] = 2
+    detections = TiledPredictor(visibility_oracle(labels), tile=64, overlap=16)(encode(labels))
+    assert_exact(detections, labels)
+    by_area = {d.area: d.visibility for d in detections}
+    assert by_area[120] == 1.0
+    # Each window sees 62 of particle 2's 108 columns (2-63 and 48-109).
+    assert by_area[1080] == pytest.approx(62 / 108)
+
+
 @pytest.mark.parametrize("seed", range(200))
 def test_perfect_model_gives_each_single_particle_exactly(seed):
     labels, tile, overlap = single_particle_case(seed)
