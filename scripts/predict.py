@@ -134,12 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--edge-mode", default="include", choices=EDGE_MODES)
     parser.add_argument("--size-measure", default="ecd", choices=LENGTH_MEASURES)
-    parser.add_argument(
-        "--min-visibility",
-        type=bounded_float(0, 1),
-        help="with --psd: size only the particles the model estimates at least this visible "
-        "(LosNet with MODEL.LOSNET.VISIBILITY.ENABLED); the count keeps every particle",
-    )
     add_bootstrap_arguments(parser)
     return parser
 

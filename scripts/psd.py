@@ -69,12 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="drop predictions scoring below it, in [0, 1]",
     )
-    parser.add_argument(
-        "--min-visibility",
-        type=bounded_float(0.0, 1.0),
-        help="size only the predictions estimated at least this visible, e.g. 0.9 (needs "
-        "results with a 'visibility': LosNet with MODEL.LOSNET.VISIBILITY.ENABLED)",
-    )
     add_bootstrap_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser

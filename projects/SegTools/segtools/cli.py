@@ -167,7 +167,16 @@ def refuse_config_keys_as_paths(paths, flag: str) -> None:
 
 
 def add_bootstrap_arguments(parser) -> None:
-    """The particle-size reports' bootstrap options (segtools.analysis.bootstrap)."""
+    """
+    The particle-size reports' options shared by psd.py and predict.py: which particles are sized
+    (--min-visibility) and the bootstrap (segtools.analysis.bootstrap).
+    """
+    parser.add_argument(
+        "--min-visibility",
+        type=bounded_float(0.0, 1.0),
+        help="size only the particles estimated at least this visible, e.g. 0.9 (needs a LosNet "
+        "with MODEL.LOSNET.VISIBILITY.ENABLED); the count keeps every particle",
+    )
     parser.add_argument(
         "--bootstrap",
         type=bounded_int(0),

@@ -99,6 +99,7 @@ def bootstrap_bands(
     weights = edge_weights(particles, distribution.edge_mode)
     order = np.argsort(sizes, kind="stable")
     used = order[weights[order] > 0]
+    used_sizes = sizes[used]  # ascending
     base = {"count": weights[used], "mass": (weights * mass_proxy(particles))[used]}
     counts = _multiplicities(particles.records["image_id"][used], options.resamples, rng)
     percents = np.array([*D_PERCENTS, TOPSIZE_PERCENT, *BAND_PERCENTS], dtype=np.float64)
@@ -108,7 +109,7 @@ def bootstrap_bands(
         size_samples, passing_samples = [], []
         for drawn in counts:
             keep = drawn > 0
-            curve = CumulativeCurve(sizes[used][keep], (base[weighting] * drawn)[keep])
+            curve = CumulativeCurve(used_sizes[keep], (base[weighting] * drawn)[keep])
             size_samples.append(curve.size_at_percent(percents))
             passing_samples.append(curve.percent_passing(distribution.sieves_mm))
         low, high = np.percentile(np.array(size_samples), [tail, 100 - tail], axis=0)
