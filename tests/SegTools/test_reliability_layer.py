@@ -194,6 +194,13 @@ LOSNET = str(REPO_ROOT / "configs/LosNet/losnet_MV3S_ore_synthetic.yaml")
         ("SOLVER.BASE_LR", "-0.1", "SOLVER.BASE_LR = -0.1: expected a finite number >= 0"),
         ("MODEL.LOSNET.SCORE_THRESH_TEST", "1.5", "SCORE_THRESH_TEST = 1.5: expected a score"),
         ("TEST.DETECTIONS_PER_IMAGE", "0", "TEST.DETECTIONS_PER_IMAGE = 0: expected an integer"),
+        (
+            "SEGTOOLS.SOLVER.OPTIMIZER",
+            "Adam",
+            "OPTIMIZER = 'Adam': expected one of",
+        ),
+        ("SEGTOOLS.SOLVER.ADAMW_BETAS", "(0.9,)", "ADAMW_BETAS = (0.9,): expected two numbers"),
+        ("SEGTOOLS.SOLVER.ADAMW_BETAS", "(0.9, 1.0)", "(0.9, 1.0): expected two numbers in"),
     ],
 )
 def test_config_values_out_of_range_name_the_key(key, value, expected):

@@ -8,6 +8,7 @@ import yaml
 from detectron2.config import CfgNode, get_cfg
 
 from .projects import Project, inference_keys, registered_projects
+from .solver import OPTIMIZERS
 
 __all__ = [
     "ConfigCollisionError",
@@ -165,6 +166,15 @@ def check_config_values(cfg: CfgNode) -> None:
     _check(cfg, "SOLVER.MAX_ITER", lambda v: v >= 0, "an integer >= 0")
     _check(cfg, "SOLVER.BASE_LR", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
     _check(cfg, "DATALOADER.NUM_WORKERS", lambda v: v >= 0, "an integer >= 0")
+    optimizer = cfg.SEGTOOLS.SOLVER.OPTIMIZER
+    if optimizer not in OPTIMIZERS:
+        raise ConfigValueError(
+            f"SEGTOOLS.SOLVER.OPTIMIZER = {optimizer!r}: expected one of {list(OPTIMIZERS)}"
+        )
+    betas = cfg.SEGTOOLS.SOLVER.ADAMW_BETAS
+    if len(betas) != 2:
+        raise ConfigValueError(f"SEGTOOLS.SOLVER.ADAMW_BETAS = {betas!r}: expected two numbers")
+    _check(cfg, "SEGTOOLS.SOLVER.ADAMW_BETAS", lambda v: 0 <= v < 1, "two numbers in [0, 1)")
     try:
         keys = inference_keys(cfg.MODEL.META_ARCHITECTURE)
     except KeyError:

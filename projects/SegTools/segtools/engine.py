@@ -48,6 +48,7 @@ from .config import check_device, get_project_cfg
 from .data import CheckedDatasetMapper, check_dataset_files, prepare_dataset
 from .evaluation import build_evaluator
 from .projects import inference_keys
+from .solver import build_optimizer
 
 __all__ = [
     "Trainer",
@@ -75,7 +76,8 @@ def _create_ddp_model_on_any_device(model, **kwargs):
 
 class Trainer(DefaultTrainer):
     """
-    Detectron2's DefaultTrainer with the evaluator the test set's metadata asks for, data
+    Detectron2's DefaultTrainer with the evaluator the test set's metadata asks for, the
+    optimizer SEGTOOLS.SOLVER.OPTIMIZER names, data
     mappers whose read errors name the image, every evaluation written to
     OUTPUT_DIR/evaluation_results.json, DistributedDataParallel on CPUs too, and the initial
     weights checked as the module docstring says.
@@ -98,6 +100,10 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from detectron2.config import CfgNode
-from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -56,7 +55,7 @@ def profile_training(
     """
     model = Trainer.build_model(cfg)
     model.train()
-    optimizer = build_optimizer(cfg, model)
+    optimizer = Trainer.build_optimizer(cfg, model)
     batches = iter(Trainer.build_train_loader(cfg))
 
     def step(stage_ms):

@@ -84,6 +84,11 @@ def add_segtools_config(cfg) -> None:
     # (segtools.calibration). "": no calibration.
     cfg.SEGTOOLS.COUNT_CALIBRATION = CN()
     cfg.SEGTOOLS.COUNT_CALIBRATION.DATASET = ""
+    # The optimizer (segtools.solver): Detectron2's "SGD" (SOLVER.MOMENTUM, SOLVER.NESTEROV) or
+    # "AdamW", which trains small models from scratch in fewer iterations.
+    cfg.SEGTOOLS.SOLVER = CN()
+    cfg.SEGTOOLS.SOLVER.OPTIMIZER = "SGD"
+    cfg.SEGTOOLS.SOLVER.ADAMW_BETAS = (0.9, 0.999)
 
 
 # Detectron2's own meta-architectures that this repository's configs use, and the config keys
