@@ -57,6 +57,7 @@ __all__ = [
     "SUMMARY_JSON",
     "d_values_csv",
     "d_values_text",
+    "csv_text",
     "draw_size_overlay",
     "render_psd_plot",
     "skipped_csv",
@@ -77,7 +78,8 @@ _COLOURS = {"count": "tab:blue", "mass": "tab:red"}
 _FIT_STYLES = {"rosin_rammler": ("Rosin-Rammler", "--"), "swebrec": ("Swebrec", (0, (6, 2, 1, 2)))}
 
 
-def _csv_text(header: list[str], rows) -> str:
+def csv_text(header: list[str], rows) -> str:
+    """A CSV file's text: the header line, then one line per row."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -106,7 +108,7 @@ def _particles_csv(particles: ParticleTable, edge_mode: str) -> str:
     columns["image_width_px"] = records["image_width"]
     columns["image_height_px"] = records["image_height"]
     rows = zip(*(column.tolist() for column in columns.values()), strict=True)
-    return _csv_text(list(columns), rows)
+    return csv_text(list(columns), rows)
 
 
 def _distribution_csv(distribution: SizeDistribution, bands: BootstrapBands | None) -> str:
@@ -119,12 +121,12 @@ def _distribution_csv(distribution: SizeDistribution, bands: BootstrapBands | No
         columns[f"passing_{weighting}_pct_low"] = low
         columns[f"passing_{weighting}_pct_high"] = high
     rows = zip(*(column.tolist() for column in columns.values()), strict=True)
-    return _csv_text(list(columns), rows)
+    return csv_text(list(columns), rows)
 
 
 def skipped_csv(rows) -> str:
     """CSV text of annotations skipped unmeasured: rows of (image_id, annotation_id, reason)."""
-    return _csv_text(["image_id", "annotation_id", "reason"], rows)
+    return csv_text(["image_id", "annotation_id", "reason"], rows)
 
 
 def skipped_text(skipped: Mapping[str, int]) -> str:
@@ -425,7 +427,7 @@ def _d_values_rows(summaries: Mapping[str, dict]) -> tuple[list[str], list[list[
 
 def d_values_csv(summaries: Mapping[str, dict]) -> str:
     """CSV text of the D-values of several reports, {report name: summary}, by count and mass."""
-    return _csv_text(*_d_values_rows(summaries))
+    return csv_text(*_d_values_rows(summaries))
 
 
 def d_values_text(summaries: Mapping[str, dict]) -> str:
