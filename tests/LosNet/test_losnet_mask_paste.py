@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from losnet.mask_paste import paste_masks
+from losnet.mask_paste import PASTE_REGIONS, paste_masks
 
 STRIDE = 2
 
@@ -86,3 +86,33 @@ def test_traced_box_pasting_equals_eager():
     other_logits, other_boxes = random_detections(4, input_size, output_size, seed=4)
     for args in ((logits, boxes), (other_logits, other_boxes)):
         assert torch.equal(traced(*args), paste(*args))
+
+
+@pytest.mark.parametrize("region", PASTE_REGIONS)
+@pytest.mark.parametrize(
+    "input_size, output_size",
+    [((96, 128), (96, 128)), ((90, 120), (225, 300)), ((130, 100), (65, 50))],
+)
+def test_upsampling_where_pasting_equals_pasting_the_upsampled_logits(
+    region, input_size, output_size
+):
+    # Rough coarse logits (every cell independent) and boxes on every border: the crop that is
+    # upsampled must hold every coarse cell the whole-mask upsampling reads there.
+    _, boxes = random_detections(12, input_size, output_size, seed=5)
+    mask_size = (-(-input_size[0] // 32) * 32 // STRIDE, -(-input_size[1] // 32) * 32 // STRIDE)
+    coarse = 6 * torch.randn((12, mask_size[0] // 4, mask_size[1] // 4))
+    upsampled = torch.nn.functional.interpolate(
+        coarse[:, None], scale_factor=4, mode="bilinear", align_corners=False
+    )[:, 0]
+    expected = paste_masks(upsampled, boxes, STRIDE, input_size, output_size, region)
+    pasted = paste_masks(coarse, boxes, 4 * STRIDE, input_size, output_size, region, upsample=4)
+    assert expected.any() and torch.equal(pasted, expected)
+    if region == "box":
+        traced = torch.jit.trace(
+            lambda logits, boxes: paste_masks(
+                logits, boxes, 4 * STRIDE, input_size, output_size, region, upsample=4
+            ),
+            (coarse, boxes),
+            check_trace=False,
+        )
+        assert torch.equal(traced(coarse, boxes), expected)

@@ -86,6 +86,11 @@ class DynamicMaskHead(nn.Module):
             "out_stride": head.OUT_STRIDE,
         }
 
+    @property
+    def upsample_factor(self) -> int:
+        """in_stride / out_stride: how much the mask logits are upsampled."""
+        return self.in_stride // self.out_stride
+
     def split_params(self, params: torch.Tensor):
         """
         Args:
@@ -112,6 +117,7 @@ class DynamicMaskHead(nn.Module):
         locations: torch.Tensor,
         sizes_of_interest: torch.Tensor,
         params: torch.Tensor,
+        upsample: bool = True,
     ) -> torch.Tensor:
         """
         Args:
@@ -120,10 +126,13 @@ class DynamicMaskHead(nn.Module):
             locations: (K, 2) xy of each instance's location, in input-image pixels.
             sizes_of_interest: (K,) normaliser of the relative coordinates.
             params: (K, num_params) dynamic parameters.
+            upsample: False leaves the logits at `in_stride`, for inference to upsample only
+                where it pastes them (:func:`losnet.mask_paste.paste_masks`, `upsample_factor`).
 
         Returns:
-            (K, H * f, W * f) mask logits at `out_stride`, f = in_stride / out_stride; pixel
-            (i, j) covers input pixels [i * out_stride, (i + 1) * out_stride) and likewise for j.
+            (K, H * f, W * f) mask logits at `out_stride`, f = `upsample_factor`; pixel (i, j)
+            covers input pixels [i * out_stride, (i + 1) * out_stride) and likewise for j.
+            With `upsample` False, (K, H, W) at `in_stride`.
         """
         _, _, height, width = mask_features.shape
         x = mask_features[image_indices].flatten(2)  # (K, C, H * W)
@@ -144,8 +153,8 @@ class DynamicMaskHead(nn.Module):
             if index < len(weights) - 1:
                 x = F.relu(x)
         logits = x.reshape(-1, 1, height, width)
-        factor = self.in_stride // self.out_stride
-        if factor > 1:
+        factor = self.upsample_factor
+        if upsample and factor > 1:
             # align_corners=False keeps pixel centres aligned: output pixel k sits at
             # (k + 0.5) * out_stride, like the mask features' pixels at (k + 0.5) * in_stride.
             logits = F.interpolate(

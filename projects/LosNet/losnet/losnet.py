@@ -592,8 +592,9 @@ class LosNet(FCOS):
         """
         Returns:
             Per image, detections at the network's input size with `pred_boxes`, `scores`,
-            `pred_classes` and `mask_logits` (R, H / s, W / s) over the padded image. The
-            dynamic mask head runs per image, on that image's detections.
+            `pred_classes` and `mask_logits` (R, H / s, W / s) over the padded image, s the
+            mask features' stride (:meth:`postprocess` upsamples them where it pastes them).
+            The dynamic mask head runs per image, on that image's detections.
         """
         pred_logits, pred_deltas, pred_quality, pred_controller, *pred_visibility = (
             self._transpose_dense_predictions(predictions, self._prediction_dims())
@@ -616,6 +617,7 @@ class LosNet(FCOS):
                 detections.locations,
                 detections.sizes_of_interest,
                 detections.mask_params,
+                upsample=False,
             )
             output = Instances(
                 detections.image_size,
@@ -719,10 +721,11 @@ class LosNet(FCOS):
         masks = paste_masks(
             results.mask_logits,
             boxes.tensor,
-            self.mask_head.out_stride,
+            self.mask_head.in_stride,
             (input_height, input_width),
             (output_height, output_width),
             self.mask_paste_region,
+            self.mask_head.upsample_factor,
         )
         processed = Instances(
             (output_height, output_width),

@@ -1,11 +1,12 @@
 """
 Pasting LosNet's low-resolution mask logits into output-sized boolean masks.
 
-The dynamic mask head predicts every instance's mask over the whole padded image at 1/s of the
-input resolution. Upsampling all of them to the output size costs R x H x W bilinear samples per
-image (a third of LosNet's CPU latency at 640 x 800 with 100 detections); pasting each mask only
-over its box, as Detectron2's `paste_masks_in_image` does for Mask R-CNN, samples a few percent
-of that on ore images.
+The dynamic mask head predicts every instance's mask over the whole padded image at the mask
+features' stride and upsamples it (x4 in the paper) for its loss. Doing both over the whole image
+for every detection costs R x H x W bilinear samples per image (a third of LosNet's CPU latency at
+640 x 800 with 100 detections); here each mask is upsampled and sampled only over its box, as
+Detectron2's `paste_masks_in_image` does for Mask R-CNN: a few percent of that on ore images, with
+the same values inside the box.
 """
 
 import math
@@ -32,31 +33,47 @@ def paste_masks(
     input_size: tuple[int, int],
     output_size: tuple[int, int],
     region: str = "box",
+    upsample: int = 1,
 ) -> torch.Tensor:
     """
     Args:
         mask_logits: (R, h, w) logits over the padded input, one cell per `stride` pixels.
         boxes: (R, 4) XYXY boxes in output pixels.
+        stride: input pixels per cell of `mask_logits`.
         input_size: (height, width) of the image the network saw, without padding.
         output_size: (height, width) of the masks to return.
         region: one of :data:`PASTE_REGIONS`.
+        upsample: the masks are the logits upsampled by this factor (bilinear, align_corners
+            False, as :class:`DynamicMaskHead` does), one cell per `stride / upsample` pixels.
 
     Returns:
         (R, output_height, output_width) boolean masks. With "box", pixels outside each box
-        widened by one mask cell are background.
+        widened by one upsampled mask cell are background.
     """
     if region == "image":
-        return _paste_over_image(mask_logits, stride, input_size, output_size)
-    return _paste_over_boxes(mask_logits, boxes, stride, input_size, output_size)
+        return _paste_over_image(mask_logits, stride, input_size, output_size, upsample)
+    return _paste_over_boxes(mask_logits, boxes, stride, input_size, output_size, upsample)
 
 
-def _paste_over_image(mask_logits, stride, input_size, output_size) -> torch.Tensor:
+def _upsampled(mask_logits: torch.Tensor, factor: int) -> torch.Tensor:
+    """(R, h, w) logits -> (R, h * factor, w * factor), as the dynamic mask head upsamples."""
+    if factor == 1:
+        return mask_logits
+    return F.interpolate(
+        mask_logits[:, None], scale_factor=factor, mode="bilinear", align_corners=False
+    )[:, 0]
+
+
+def _paste_over_image(mask_logits, stride, input_size, output_size, upsample) -> torch.Tensor:
     # All at once while tracing for export, where the number of chunks would be frozen.
     chunks = (mask_logits,) if torch.jit.is_tracing() else mask_logits.split(_IMAGE_PASTE_CHUNK)
     masks = []
     for logits in chunks:
         probs = F.interpolate(
-            logits.sigmoid()[:, None], scale_factor=stride, mode="bilinear", align_corners=False
+            _upsampled(logits, upsample).sigmoid()[:, None],
+            scale_factor=stride // upsample,
+            mode="bilinear",
+            align_corners=False,
         )[:, :, : input_size[0], : input_size[1]]
         if tuple(input_size) != tuple(output_size):
             probs = F.interpolate(probs, size=output_size, mode="bilinear", align_corners=False)
@@ -100,9 +117,20 @@ def _cells_under(first: int, last: int, stride: int, scale: float, cells: int) -
     return min(max(low, 0), cells - 1), max(min(high, cells), 1)
 
 
-def _paste_over_boxes(mask_logits, boxes, stride, input_size, output_size) -> torch.Tensor:
+def _coarse_crop(first: int, end: int, factor: int, cells: int) -> tuple:
+    """
+    [start, end) of the coarse cells whose upsampling by `factor` gives upsampled cells
+    first..end - 1 exactly as upsampling the whole mask does: bilinear upsampling reads the
+    coarse cell below and above each sample, so one more coarse cell each side suffices.
+    """
+    return max(first // factor - 1, 0), min(-(-end // factor) + 1, cells)
+
+
+def _paste_over_boxes(mask_logits, boxes, stride, input_size, output_size, upsample):
     height, width = output_size
-    mask_size = tuple(mask_logits.shape[-2:])
+    coarse_size = tuple(mask_logits.shape[-2:])
+    mask_size = (coarse_size[0] * upsample, coarse_size[1] * upsample)
+    stride = stride // upsample
     scale = (input_size[0] / output_size[0], input_size[1] / output_size[1])
     regions = _paste_regions(boxes.to(torch.float32), stride, scale, output_size)
     if torch.jit.is_tracing():
@@ -112,7 +140,7 @@ def _paste_over_boxes(mask_logits, boxes, stride, input_size, output_size) -> to
         xs = torch.arange(width, dtype=torch.float32, device=mask_logits.device)
         grid = _sampling_grid(ys, xs, stride, scale, (0, 0), mask_size)
         sampled = F.grid_sample(
-            mask_logits.sigmoid()[:, None],
+            _upsampled(mask_logits, upsample).sigmoid()[:, None],
             grid.expand(mask_logits.shape[0], -1, -1, -1),
             mode="bilinear",
             padding_mode="border",
@@ -127,9 +155,17 @@ def _paste_over_boxes(mask_logits, boxes, stride, input_size, output_size) -> to
         if x1 <= x0 or y1 <= y0:
             continue
         # Only the cells the samples read: sampling a crop equals sampling the whole mask.
-        row0, row1 = _cells_under(y0, y1 - 1, stride, scale[0], mask_size[0])
-        col0, col1 = _cells_under(x0, x1 - 1, stride, scale[1], mask_size[1])
-        crop = mask_logits[index, row0:row1, col0:col1].sigmoid()
+        rows = _coarse_crop(
+            *_cells_under(y0, y1 - 1, stride, scale[0], mask_size[0]), upsample, coarse_size[0]
+        )
+        cols = _coarse_crop(
+            *_cells_under(x0, x1 - 1, stride, scale[1], mask_size[1]), upsample, coarse_size[1]
+        )
+        crop = _upsampled(
+            mask_logits[index : index + 1, rows[0] : rows[1], cols[0] : cols[1]], upsample
+        )
+        crop = crop[0].sigmoid()
+        row0, col0 = rows[0] * upsample, cols[0] * upsample
         ys = torch.arange(y0, y1, dtype=torch.float32)
         xs = torch.arange(x0, x1, dtype=torch.float32)
         grid = _sampling_grid(ys, xs, stride, scale, (row0, col0), crop.shape)
