@@ -172,7 +172,7 @@ def test_config_mistakes_name_the_key_and_the_file(tmp_path):
     assert str(error.value) == "config overrides: Non-existent key: MODEL.LOSNET.NUM_CLASES"
     with pytest.raises(ConfigValueError, match="Override list has odd length"):
         get_project_cfg(CONFIG, ["MODEL.LOSNET.NUM_CLASSES"])
-    with pytest.raises(ConfigValueError, match=r"with values \(0.01 vs. fast\) for config key: "):
+    with pytest.raises(ConfigValueError, match=r"with values \(0.002 vs. fast\) for config key: "):
         get_project_cfg(CONFIG, ["SOLVER.BASE_LR", "fast"])
     typo = tmp_path / "typo.yaml"
     typo.write_text(f'_BASE_: "{CONFIG}"\nMODEL:\n  LOSNET:\n    NUM_CLASES: 2\n')

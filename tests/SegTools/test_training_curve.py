@@ -101,8 +101,9 @@ def test_the_curve_evaluates_every_checkpoint_at_its_training_time(tiny_run, tmp
     assert [(r["run"], r["iteration"]) for r in rows] == [
         ("tiny", "1"), ("tiny", "3"), ("again", "1"), ("again", "3")
     ]  # fmt: skip
+    # Seconds of training, dated from the log (one-second stamps: a tiny run may take less).
     minutes = [float(r["minutes"]) for r in rows[:2]]
-    assert 0 <= minutes[0] <= minutes[1] and minutes[1] > 0
+    assert 0 <= minutes[0] <= minutes[1] < 5
     # The final checkpoint's AP is the AP the training run reported for its final weights.
     assert float(rows[1]["segm/AP"]) == round(final_results["segm"]["AP"], 2)
     assert rows[:2] == [dict(r, run="tiny") for r in rows[2:]]
