@@ -10,7 +10,7 @@ import torch
 
 from segtools import engine
 from segtools.cli import run_tool
-from segtools.training_curve import TrainingLogError, iteration_times, run_checkpoints
+from segtools.training_curve import TrainingCurveError, iteration_times, run_checkpoints
 
 from helpers import REPO_ROOT, load_script, register_four_synthetic_images
 
@@ -50,9 +50,9 @@ def test_iterations_are_dated_from_the_last_start_of_training(tmp_path):
 
 def test_a_log_without_training_is_refused_by_name(tmp_path):
     path = write_log(tmp_path, ["[12/03 02:00:00] detectron2 INFO: Rank of current process: 0"])
-    with pytest.raises(TrainingLogError, match="log.txt: no 'Starting training"):
+    with pytest.raises(TrainingCurveError, match="log.txt: no 'Starting training"):
         iteration_times(path)
-    with pytest.raises(TrainingLogError, match="nowhere/log.txt: no such file"):
+    with pytest.raises(TrainingCurveError, match="nowhere/log.txt: no such file"):
         iteration_times(str(tmp_path / "nowhere" / "log.txt"))
 
 
@@ -66,7 +66,7 @@ def test_checkpoints_are_listed_by_iteration_once(tmp_path):
     listed = run_checkpoints(str(tmp_path))
     assert [iteration for iteration, _ in listed] == [9, 19]
     assert os.path.basename(listed[0][1]) == "model_0000009.pth"
-    with pytest.raises(TrainingLogError, match="no model_"):
+    with pytest.raises(TrainingCurveError, match="no model_"):
         run_checkpoints(str(tmp_path / "nothing"))
 
 
@@ -74,13 +74,18 @@ def test_checkpoints_are_listed_by_iteration_once(tmp_path):
 def tiny_run(tmp_path_factory):
     register_four_synthetic_images(tmp_path_factory.mktemp("curve_data"), TINY)
     output_dir = str(tmp_path_factory.mktemp("curve_run"))
+    # The overfitting test's setting: the model learns the four images, so the AP that the curve
+    # must reproduce is not 0.
     opts = [
         "DATASETS.TRAIN", f"('{TINY}',)", "DATASETS.TEST", f"('{TINY}',)",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
-        "SOLVER.WARMUP_ITERS", "1", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
-        "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64", "DATALOADER.NUM_WORKERS", "0",
-        "MODEL.LOSNET.SCORE_THRESH_TEST", "0.0", "SEGTOOLS.COUNT_CALIBRATION.DATASET", "",
-        "OUTPUT_DIR", output_dir,
+        "SEGTOOLS.SOLVER.OPTIMIZER", "SGD", "SOLVER.WEIGHT_DECAY", "0.0001",
+        "SOLVER.BASE_LR", "0.01", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "100",
+        "SOLVER.CHECKPOINT_PERIOD", "50", "SOLVER.WARMUP_ITERS", "10", "SEED", "0",
+        "SOLVER.STEPS", "(80,)",
+        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+        "INPUT.RANDOM_FLIP", "none",
+        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0",
+        "SEGTOOLS.COUNT_CALIBRATION.DATASET", "", "OUTPUT_DIR", output_dir,
     ]  # fmt: skip
     args = engine.argument_parser().parse_args(["--config-file", CONFIG, *opts])
     results = engine.main(args)
@@ -97,14 +102,15 @@ def test_the_curve_evaluates_every_checkpoint_at_its_training_time(tiny_run, tmp
     assert run_tool(plot_script.main, argv) == 0
     with open(str(tmp_path / "curve.csv")) as f:
         rows = list(csv.DictReader(f))
-    # Checkpoints after iterations 2 and 4 (model_final is the second), for both runs.
+    # Checkpoints after iterations 50 and 100 (model_final is the second), for both runs.
     assert [(r["run"], r["iteration"]) for r in rows] == [
-        ("tiny", "1"), ("tiny", "3"), ("again", "1"), ("again", "3")
+        ("tiny", "49"), ("tiny", "99"), ("again", "49"), ("again", "99")
     ]  # fmt: skip
-    # Seconds of training, dated from the log (one-second stamps: a tiny run may take less).
+    # Dated from the log: the second checkpoint came later, both within the run's time.
     minutes = [float(r["minutes"]) for r in rows[:2]]
-    assert 0 <= minutes[0] <= minutes[1] < 5
+    assert 0 <= minutes[0] < minutes[1] < 5
     # The final checkpoint's AP is the AP the training run reported for its final weights.
+    assert final_results["segm"]["AP"] > 0
     assert float(rows[1]["segm/AP"]) == round(final_results["segm"]["AP"], 2)
     assert rows[:2] == [dict(r, run="tiny") for r in rows[2:]]
     image = cv2.imread(output)

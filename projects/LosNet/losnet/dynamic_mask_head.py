@@ -3,6 +3,8 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
+from .mask_paste import upsample_logits
+
 __all__ = ["DynamicMaskHead", "dice_loss"]
 
 
@@ -152,12 +154,5 @@ class DynamicMaskHead(nn.Module):
             x = torch.baddbmm(bias, weight, x)
             if index < len(weights) - 1:
                 x = F.relu(x)
-        logits = x.reshape(-1, 1, height, width)
-        factor = self.upsample_factor
-        if upsample and factor > 1:
-            # align_corners=False keeps pixel centres aligned: output pixel k sits at
-            # (k + 0.5) * out_stride, like the mask features' pixels at (k + 0.5) * in_stride.
-            logits = F.interpolate(
-                logits, scale_factor=factor, mode="bilinear", align_corners=False
-            )
-        return logits[:, 0]
+        logits = x.reshape(-1, height, width)
+        return upsample_logits(logits, self.upsample_factor) if upsample else logits

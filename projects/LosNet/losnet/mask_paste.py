@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.layers import cat
 
-__all__ = ["PASTE_REGIONS", "paste_masks"]
+__all__ = ["PASTE_REGIONS", "paste_masks", "upsample_logits"]
 
 # "box": each mask over its box widened by one mask cell; "image": every mask over the whole
 # output (the slower original, kept to measure what the box costs in accuracy).
@@ -55,8 +55,12 @@ def paste_masks(
     return _paste_over_boxes(mask_logits, boxes, stride, input_size, output_size, upsample)
 
 
-def _upsampled(mask_logits: torch.Tensor, factor: int) -> torch.Tensor:
-    """(R, h, w) logits -> (R, h * factor, w * factor), as the dynamic mask head upsamples."""
+def upsample_logits(mask_logits: torch.Tensor, factor: int) -> torch.Tensor:
+    """
+    (R, h, w) logits -> (R, h * factor, w * factor), bilinear with align_corners=False: upsampled
+    cell k sits at (k + 0.5) / factor coarse cells, as coarse cell i sits at i + 0.5, so the cell
+    centres stay aligned. The dynamic mask head's upsampling for its loss, and pasting's.
+    """
     if factor == 1:
         return mask_logits
     return F.interpolate(
@@ -70,7 +74,7 @@ def _paste_over_image(mask_logits, stride, input_size, output_size, upsample) ->
     masks = []
     for logits in chunks:
         probs = F.interpolate(
-            _upsampled(logits, upsample).sigmoid()[:, None],
+            upsample_logits(logits, upsample).sigmoid()[:, None],
             scale_factor=stride // upsample,
             mode="bilinear",
             align_corners=False,
@@ -140,7 +144,7 @@ def _paste_over_boxes(mask_logits, boxes, stride, input_size, output_size, upsam
         xs = torch.arange(width, dtype=torch.float32, device=mask_logits.device)
         grid = _sampling_grid(ys, xs, stride, scale, (0, 0), mask_size)
         sampled = F.grid_sample(
-            _upsampled(mask_logits, upsample).sigmoid()[:, None],
+            upsample_logits(mask_logits, upsample).sigmoid()[:, None],
             grid.expand(mask_logits.shape[0], -1, -1, -1),
             mode="bilinear",
             padding_mode="border",
@@ -161,7 +165,7 @@ def _paste_over_boxes(mask_logits, boxes, stride, input_size, output_size, upsam
         cols = _coarse_crop(
             *_cells_under(x0, x1 - 1, stride, scale[1], mask_size[1]), upsample, coarse_size[1]
         )
-        crop = _upsampled(
+        crop = upsample_logits(
             mask_logits[index : index + 1, rows[0] : rows[1], cols[0] : cols[1]], upsample
         )
         crop = crop[0].sigmoid()

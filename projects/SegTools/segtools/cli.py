@@ -22,7 +22,7 @@ from .config import ConfigValueError
 from .data.coco_input import CocoFormatError
 from .data.images import ImageReadError
 from .data.layout import DatasetLayoutError
-from .training_curve import TrainingLogError
+from .training_curve import TrainingCurveError
 
 __all__ = [
     "USER_ERRORS",
@@ -62,7 +62,7 @@ USER_ERRORS = (
     IsADirectoryError,
     NotADirectoryError,
     PermissionError,
-    TrainingLogError,
+    TrainingCurveError,
 )
 # OSErrors of the machine rather than of the program: a full disk, a read-only file system.
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}

@@ -29,7 +29,7 @@ from .evaluation import build_evaluator
 
 __all__ = [
     "CurvePoint",
-    "TrainingLogError",
+    "TrainingCurveError",
     "curve_rows",
     "evaluate_checkpoints",
     "iteration_times",
@@ -44,8 +44,8 @@ _START = re.compile(_STAMP + r".*Starting training from iteration (\d+)")
 _EVENTS = re.compile(_STAMP + r".*\biter: (\d+)\b")
 
 
-class TrainingLogError(ValueError):
-    """A run folder without the log or checkpoints a training curve needs."""
+class TrainingCurveError(ValueError):
+    """A run folder without the log or checkpoints a training curve needs, or an unknown metric."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,12 @@ def iteration_times(log_path: str) -> tuple[np.ndarray, np.ndarray]:
         with open(log_path, encoding="utf-8", errors="replace") as file:
             lines = file.read().splitlines()
     except FileNotFoundError:
-        raise TrainingLogError(
+        raise TrainingCurveError(
             f"{log_path}: no such file; is it a training run's folder?"
         ) from None
     starts = [i for i, line in enumerate(lines) if _START.search(line)]
     if not starts:
-        raise TrainingLogError(f"{log_path}: no 'Starting training from iteration' line")
+        raise TrainingCurveError(f"{log_path}: no 'Starting training from iteration' line")
     start = _START.search(lines[starts[-1]])
     origin = _stamp(start)
     iterations, seconds = [int(start.group(6)) - 1], [0.0]
@@ -96,19 +96,20 @@ def iteration_times(log_path: str) -> tuple[np.ndarray, np.ndarray]:
 def run_checkpoints(run_dir: str) -> list[tuple[int, str]]:
     """(iteration, path) of the run's model_NNNNNNN.pth and model_final.pth, by iteration."""
     checkpoints = {}
-    for path in glob.glob(os.path.join(run_dir, "model_*.pth")):
+    # Sorted: of a periodic checkpoint and model_final of the same iteration, the first is kept.
+    for path in sorted(glob.glob(os.path.join(run_dir, "model_*.pth"))):
         name = os.path.basename(path)
         if name == "model_final.pth":
             iteration = torch.load(path, map_location="cpu", weights_only=False).get("iteration")
             if iteration is None:
-                raise TrainingLogError(f"{path}: holds no 'iteration'")
+                raise TrainingCurveError(f"{path}: holds no 'iteration'")
         elif re.fullmatch(r"model_\d{7}\.pth", name):
             iteration = int(name[6:13])
         else:
             continue
         checkpoints.setdefault(int(iteration), path)
     if not checkpoints:
-        raise TrainingLogError(f"{run_dir}: no model_*.pth checkpoints")
+        raise TrainingCurveError(f"{run_dir}: no model_*.pth checkpoints")
     return sorted(checkpoints.items())
 
 
@@ -122,19 +123,21 @@ def evaluate_checkpoints(
     """
     iterations, seconds = iteration_times(os.path.join(run_dir, "log.txt"))
     if len(iterations) < 2:
-        raise TrainingLogError(f"{run_dir}/log.txt: no iteration was logged after the start")
+        raise TrainingCurveError(f"{run_dir}/log.txt: no iteration was logged after the start")
     speed = seconds[-1] / (iterations[-1] - iterations[0])
+    # One model and loader for every checkpoint: only the weights change.
+    model = build_model(cfg)
+    loader = build_detection_test_loader(
+        cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False)
+    )
     points = []
     for iteration, path in run_checkpoints(run_dir):
         if iteration <= iterations[-1]:
             elapsed = float(np.interp(iteration, iterations, seconds))
         else:
             elapsed = seconds[-1] + (iteration - iterations[-1]) * speed
-        model = build_model(cfg)
         load_weights(model, path)
         model.eval()
-        mapper = CheckedDatasetMapper(cfg, is_train=False)
-        loader = build_detection_test_loader(cfg, dataset_name, mapper=mapper)
         evaluator = build_evaluator(
             cfg, dataset_name, os.path.join(output_dir, f"iter_{iteration}")
         )
@@ -145,11 +148,11 @@ def evaluate_checkpoints(
 
 
 def metric_value(metrics: dict, metric: str) -> float:
-    """metrics["segm"]["AP50"] for metric "segm/AP50"; TrainingLogError naming what exists."""
+    """metrics["segm"]["AP50"] for metric "segm/AP50"; TrainingCurveError naming what exists."""
     task, _, name = metric.partition("/")
     if task not in metrics or name not in metrics[task]:
         available = sorted(f"{t}/{k}" for t, values in metrics.items() for k in values)
-        raise TrainingLogError(f"--metric {metric!r} is not among the results: {available}")
+        raise TrainingCurveError(f"--metric {metric!r} is not among the results: {available}")
     return float(metrics[task][name])
 
 
