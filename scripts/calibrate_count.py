@@ -12,7 +12,10 @@ reads it (segtools.calibration).
 --annotations takes a COCO instances file of your own photos (every visible particle annotated;
 images as the model sees them when predicting: with `predict.py --tile`, tiles of that size,
 e.g. from datasets/prepare_ore_tiles.py). Writes <weights without .pth>.calibration.json and
-prints the threshold; a mistake in the input exits with code 2 and one line on stderr.
+prints the threshold. With masks it also stores the model's size correction on those images
+(segtools.analysis.size_correction; SEGTOOLS.COUNT_CALIBRATION.SIZE_BINS bins, 0: none), which
+predict.py's particle-size reports then apply. A mistake in the input exits with code 2 and one
+line on stderr.
 """
 
 import argparse
@@ -73,11 +76,15 @@ def main(argv=None) -> int:
         dataset = _register_annotations(args.annotations, args.image_root)
     model = build_model(cfg)
     load_weights(model, args.weights)
-    calibration = calibrate_count(cfg, model.state_dict(), args.weights, dataset)
+    size_bins = cfg.SEGTOOLS.COUNT_CALIBRATION.SIZE_BINS
+    calibration = calibrate_count(cfg, model.state_dict(), args.weights, dataset, size_bins)
+    correction = calibration.size_correction
     print(
         f"score threshold {calibration.score_threshold:.4f}: {calibration.count_at_threshold} "
         f"detections for {calibration.true_count} annotated instances in {calibration.images} "
-        f"images; predict.py now uses it for {args.weights}"
+        f"images; size correction: "
+        + (f"{len(correction.factors)} size bins" if correction else "none")
+        + f"; predict.py now uses them for {args.weights}"
     )
     return 0
 

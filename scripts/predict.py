@@ -6,7 +6,7 @@ Predict instances on images, folders and videos with any model of this repositor
         --weights output/losnet_MV3S_ore_synthetic/model_final.pth \\
         --input photos/ belt.mp4 --output predictions/ \\
         [--device cpu|cuda] [--score-thresh 0.3] [--tile 640 --overlap 128] \\
-        [--psd --mm-per-px 0.5] [-- KEY VALUE ...]
+        [--psd --mm-per-px 0.5 [--no-size-correction]] [-- KEY VALUE ...]
 
 Config overrides, KEY VALUE pairs, go after `--`: --input takes several paths, so pairs typed
 after it would be read as inputs (an input that reads as a config key is refused with this hint).
@@ -30,6 +30,12 @@ followed by _2, _3, ... where it would equal an earlier one regardless of case. 
 and the images' files never share a folder, so no input's name collides with another output.
 With --tile, large photos are predicted window by window (segtools.inference.TiledPredictor).
 
+The score threshold is the count-calibrated one stored beside the weights
+(scripts/calibrate_count.py), else the config's, unless --score-thresh is given. The particle-size
+reports then weigh each particle by the size correction stored with that calibration (how many
+annotated particles a detection of its size stands for, segtools.analysis.size_correction),
+unless --no-size-correction or --score-thresh is given; summary.json records which.
+
 A mistake in the arguments, config, weights or output folder stops the tool before it writes
 anything, with one line on stderr and exit code 2. An input that cannot be read is named, skipped
 and counted, and the rest goes on; the exit code is then 1. A run stopped by a fault (a full
@@ -44,7 +50,7 @@ from dataclasses import asdict
 
 from segtools.analysis import EDGE_MODES, LENGTH_MEASURES
 from segtools.atomic_io import check_new_or_empty_folder
-from segtools.calibration import use_count_calibration
+from segtools.calibration import calibration_path, use_count_calibration
 from segtools.cli import (
     UsageError,
     add_bootstrap_arguments,
@@ -134,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--edge-mode", default="include", choices=EDGE_MODES)
     parser.add_argument("--size-measure", default="ecd", choices=LENGTH_MEASURES)
+    parser.add_argument(
+        "--no-size-correction",
+        action="store_true",
+        help="with --psd: weigh every particle alike, not by the size correction stored with "
+        "the model's count calibration",
+    )
     add_bootstrap_arguments(parser)
     return parser
 
@@ -172,27 +184,40 @@ def _device(flag, opts) -> str:
 def load_config(args, opts) -> tuple:
     """
     (the frozen config of the run, its values and device checked; where its score threshold
-    comes from: "--score-thresh", a count calibration file's path, or "config").
+    comes from: "--score-thresh", a count calibration file's path, or "config"; the count
+    calibration used, or None).
     """
     cfg = get_project_cfg(args.config_file, opts)
     cfg.MODEL.WEIGHTS = args.weights
     cfg.MODEL.DEVICE = _device(args.device, opts)
     try:
+        calibration = None
         if args.score_thresh is not None:
             set_test_score_threshold(cfg, args.score_thresh)
             threshold_source = "--score-thresh"
         else:
-            threshold_source = use_count_calibration(cfg, args.weights)
+            calibration = use_count_calibration(cfg, args.weights)
+            threshold_source = "config" if calibration is None else calibration_path(args.weights)
     except KeyError as e:
         raise UsageError(f"--score-thresh: {e.args[0]}") from None
     check_device(cfg)
     cfg.freeze()
-    return cfg, threshold_source
+    return cfg, threshold_source, calibration
+
+
+def size_correction(args, calibration):
+    """
+    The size correction the run's reports apply: the calibration's, fitted at the threshold
+    the run uses, unless --no-size-correction or --score-thresh (another threshold) is given.
+    """
+    if not args.psd or args.no_size_correction or calibration is None:
+        return None
+    return calibration.size_correction
 
 
 def main(argv=None) -> int:
     args, opts = parse_args(argv)
-    cfg, threshold_source = load_config(args, opts)
+    cfg, threshold_source, calibration = load_config(args, opts)
     files, skipped = collect_inputs(args.input)
     if not files:
         reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped)
@@ -214,6 +239,7 @@ def main(argv=None) -> int:
             args.edge_mode,
             bootstrap_options(args),
             args.min_visibility,
+            size_correction(args, calibration),
         )
     settings = {
         "config_file": args.config_file,
@@ -224,6 +250,7 @@ def main(argv=None) -> int:
         "min_visibility": args.min_visibility,
         "score_threshold": test_score_threshold(cfg)[1],
         "score_threshold_from": threshold_source,
+        "size_correction": (psd.size_correction.to_dict() if psd and psd.size_correction else None),
         "tiling": None if tiling is None else asdict(tiling),
     }
     summary = predict_to_folder(

@@ -6,9 +6,12 @@ set (D50 and D80 by count and by mass), for ground-truth masks and optionally fo
     python scripts/psd_accuracy.py \\
         --ground-truth datasets/ore_synthetic/val/annotations.json \\
         [--predictions output/.../inference/ore_synthetic_val/coco_instances_results.json] \\
-        [--score-thresh 0.3] [--min-visibility 0.9] [--json accuracy.json]
+        [--score-thresh 0.3 | --calibration output/.../model_final.calibration.json] \\
+        [--min-visibility 0.9] [--json accuracy.json]
 
-See segtools.analysis.accuracy for the three comparisons.
+See segtools.analysis.accuracy for the comparisons. --calibration takes the predicting model's
+count calibration file: its threshold replaces --score-thresh and its size correction weighs the
+predictions in extra rows.
 """
 
 import argparse
@@ -20,6 +23,7 @@ from tabulate import tabulate
 
 from segtools.analysis import psd_accuracy
 from segtools.atomic_io import atomic_write_json
+from segtools.calibration import CountCalibrationError, load_calibration
 
 
 def main(argv=None) -> int:
@@ -35,18 +39,31 @@ def main(argv=None) -> int:
         "MODEL.LOSNET.VISIBILITY.ENABLED)",
     )
     parser.add_argument("--json", help="also write the comparisons to this file")
+    parser.add_argument(
+        "--calibration",
+        help="the predicting model's count calibration file: its threshold and size correction",
+    )
     args = parser.parse_args(argv)
-    for path in (args.ground_truth, args.predictions):
+    for path in (args.ground_truth, args.predictions, args.calibration):
         if path is not None and not os.path.isfile(path):
             parser.error(f"no such file: {path}")
-
+    score_thresh, size_correction = args.score_thresh, None
+    if args.calibration is not None:
+        if args.predictions is None:
+            parser.error("--calibration needs --predictions")
+        try:
+            calibration = load_calibration(args.calibration)
+        except CountCalibrationError as e:
+            parser.error(str(e))
+        score_thresh, size_correction = calibration.score_threshold, calibration.size_correction
     rows = psd_accuracy(
         args.ground_truth,
         args.predictions,
-        args.score_thresh,
+        score_thresh,
         args.max_hidden,
         show_progress=True,
         min_visibility=args.min_visibility,
+        size_correction=size_correction,
     )
     table = [
         [

@@ -1,15 +1,20 @@
 """Count calibration: the threshold search, calibrate_count.py, and predict.py reading it."""
 
+import csv
 import json
 import logging
+import math
 import os
 import shutil
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_util
 
+from segtools.analysis import SizeCorrection, fit_size_correction
 from segtools.calibration import calibration_path, count_threshold
 from segtools.cli import run_tool
+from segtools.data.coco_format import decode_segmentation
 from segtools.data.synthetic_ore import generate_synthetic_ore
 
 from helpers import REPO_ROOT, load_script, save_random_losnet
@@ -97,6 +102,95 @@ def test_predict_uses_the_calibration_and_counts_right(calibrated, calibration_s
     with open(tmp_path / "manual" / "summary.json") as f:
         manual = json.load(f)
     assert manual["instances"] == 0 and manual["score_threshold_from"] == "--score-thresh"
+
+
+def interior_ecd(masks) -> list:
+    """ECD in px of the (H, W) boolean masks that do not touch the frame's border."""
+    return [
+        math.sqrt(4 * mask.sum() / math.pi)
+        for mask in masks
+        if mask.any()
+        and not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+    ]
+
+
+def test_calibration_holds_the_size_correction_of_the_kept_detections(
+    calibrated, calibration_set, tmp_path
+):
+    weights, calibration = calibrated
+    assert calibration["format"] == 2
+    assert predict(weights, calibration_set[1], tmp_path / "out") == 0
+    with open(tmp_path / "out" / "results.json") as f:
+        predicted = interior_ecd(
+            mask_util.decode(r["segmentation"]).astype(bool) for r in json.load(f)
+        )
+    with open(calibration_set[0]) as f:
+        data = json.load(f)
+    sizes = {image["id"]: (image["height"], image["width"]) for image in data["images"]}
+    annotated = interior_ecd(
+        decode_segmentation(a["segmentation"], *sizes[a["image_id"]]) for a in data["annotations"]
+    )
+    # Fitted independently from what predict.py keeps at the calibrated threshold.
+    expected = fit_size_correction(np.array(predicted), np.array(annotated), bins=8)
+    stored = SizeCorrection.from_dict(calibration["size_correction"])
+    assert len(stored.factors) >= 2
+    assert stored.edges_px == pytest.approx(expected.edges_px)
+    assert stored.factors == pytest.approx(expected.factors)
+
+
+def particle_weights_of(report_folder) -> tuple:
+    with open(report_folder / "summary.json") as f:
+        summary = json.load(f)
+    with open(report_folder / "particles.csv") as f:
+        rows = list(csv.DictReader(f))
+    ecd = np.array([float(r["ecd_px"]) for r in rows])
+    return summary, ecd, np.array([float(r["weight"]) for r in rows])
+
+
+def test_predict_weighs_particle_sizes_by_the_size_correction(
+    calibrated, calibration_set, tmp_path
+):
+    weights, calibration = calibrated
+    correction = SizeCorrection.from_dict(calibration["size_correction"])
+    psd = ["--psd", "--mm-per-px", "0.5"]
+    assert predict(weights, calibration_set[1], tmp_path / "out", *psd) == 0
+    summary, ecd, particle_weights = particle_weights_of(tmp_path / "out" / "psd" / "all")
+    assert summary["size_correction"] == calibration["size_correction"]
+    assert len(ecd) == calibration["true_count"]
+    assert particle_weights.tolist() == correction.factors_for(ecd).tolist()
+    with open(tmp_path / "out" / "summary.json") as f:
+        assert json.load(f)["size_correction"] == calibration["size_correction"]
+    # Turned off, or another threshold than the one it was fitted at: every particle weighs 1.
+    for name, flags in (("off", ["--no-size-correction"]), ("manual", ["--score-thresh", "0.05"])):
+        assert predict(weights, calibration_set[1], tmp_path / name, *psd, *flags) == 0
+        summary, _, particle_weights = particle_weights_of(tmp_path / name / "psd" / "all")
+        assert summary["size_correction"] is None and (particle_weights == 1).all()
+
+
+def test_calibration_files_without_size_correction_are_read(calibrated, calibration_set, tmp_path):
+    weights, calibration = calibrated
+    local = tmp_path / "model_final.pth"
+    shutil.copy(weights, local)
+    old = {k: v for k, v in calibration.items() if k != "size_correction"}
+    with open(calibration_path(str(local)), "w") as f:
+        json.dump({**old, "format": 1}, f)
+    assert predict(local, calibration_set[1], tmp_path / "out", "--psd", "--mm-per-px", "1") == 0
+    summary, _, particle_weights = particle_weights_of(tmp_path / "out" / "psd" / "all")
+    assert summary["size_correction"] is None and (particle_weights == 1).all()
+    assert len(particle_weights) == calibration["true_count"]
+
+
+def test_bad_size_correction_is_refused(calibrated, calibration_set, tmp_path, capsys):
+    weights, calibration = calibrated
+    local = tmp_path / "model_final.pth"
+    shutil.copy(weights, local)
+    broken = {**calibration, "size_correction": {"edges_px": [9.0, 3.0], "factors": [1, 1, 1]}}
+    with open(calibration_path(str(local)), "w") as f:
+        json.dump(broken, f)
+    assert predict(local, calibration_set[1], tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert calibration_path(str(local)) in error and "edges_px must ascend" in error
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_uncalibrated_weights_fall_back_with_a_warning(calibration_set, tmp_path, caplog):

@@ -201,6 +201,8 @@ LOSNET = str(REPO_ROOT / "configs/LosNet/losnet_MV3S_ore_synthetic.yaml")
         ),
         ("SEGTOOLS.SOLVER.ADAMW_BETAS", "(0.9,)", "ADAMW_BETAS = (0.9,): expected two numbers"),
         ("SEGTOOLS.SOLVER.ADAMW_BETAS", "(0.9, 1.0)", "(0.9, 1.0): expected two numbers in"),
+        ("SEGTOOLS.COUNT_CALIBRATION.SIZE_BINS", "-1", "SIZE_BINS = -1: expected an integer >= 0"),
+        ("SEGTOOLS.COUNT_CALIBRATION.SIZE_BINS", "2.5", "(8 vs. 2.5) for config key: SEGTOOLS"),
     ],
 )
 def test_config_values_out_of_range_name_the_key(key, value, expected):

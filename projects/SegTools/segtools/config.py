@@ -166,6 +166,12 @@ def check_config_values(cfg: CfgNode) -> None:
     _check(cfg, "SOLVER.MAX_ITER", lambda v: v >= 0, "an integer >= 0")
     _check(cfg, "SOLVER.BASE_LR", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
     _check(cfg, "DATALOADER.NUM_WORKERS", lambda v: v >= 0, "an integer >= 0")
+    _check(
+        cfg,
+        "SEGTOOLS.COUNT_CALIBRATION.SIZE_BINS",
+        lambda v: v >= 0,
+        "an integer >= 0 (0: no size correction)",
+    )
     optimizer = cfg.SEGTOOLS.SOLVER.OPTIMIZER
     if optimizer not in OPTIMIZERS:
         raise ConfigValueError(

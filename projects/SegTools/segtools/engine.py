@@ -181,7 +181,8 @@ def _calibrate_final_weights(cfg: CfgNode, model) -> None:
     if not comm.all_gather(os.path.isfile(weights))[0]:
         raise FileNotFoundError(f"{weights}: no final checkpoint to calibrate (SOLVER.MAX_ITER 0?)")
     state = getattr(model, "module", model).state_dict()
-    calibrate_count(cfg, state, weights, cfg.SEGTOOLS.COUNT_CALIBRATION.DATASET)
+    calibration = cfg.SEGTOOLS.COUNT_CALIBRATION
+    calibrate_count(cfg, state, weights, calibration.DATASET, calibration.SIZE_BINS)
 
 
 def setup(args):

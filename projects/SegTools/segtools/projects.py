@@ -84,6 +84,9 @@ def add_segtools_config(cfg) -> None:
     # (segtools.calibration). "": no calibration.
     cfg.SEGTOOLS.COUNT_CALIBRATION = CN()
     cfg.SEGTOOLS.COUNT_CALIBRATION.DATASET = ""
+    # With masks, the size correction stored with it has at most this many size bins (0: none;
+    # segtools.analysis.size_correction).
+    cfg.SEGTOOLS.COUNT_CALIBRATION.SIZE_BINS = 8
     # The optimizer (segtools.solver): Detectron2's "SGD" (SOLVER.MOMENTUM, SOLVER.NESTEROV) or
     # "AdamW", which trains small models from scratch in fewer iterations.
     cfg.SEGTOOLS.SOLVER = CN()

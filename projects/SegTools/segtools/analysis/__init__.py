@@ -18,11 +18,13 @@ from .distribution import (
     CumulativeCurve,
     SizeDistribution,
     edge_weights,
+    particle_weights,
     sieve_series,
     size_distribution,
 )
 from .fits import FitResult, fit_models, fit_rosin_rammler, fit_swebrec
 from .report import DEFAULT_BOOTSTRAP, draw_size_overlay, write_psd_report
+from .size_correction import SizeCorrection, fit_size_correction
 from .size_measures import (
     LENGTH_MEASURES,
     PARTICLE_DTYPE,
@@ -46,17 +48,20 @@ __all__ = [
     "FitResult",
     "ParticleMeasures",
     "ParticleTable",
+    "SizeCorrection",
     "SizeDistribution",
     "check_mm_per_px",
     "draw_size_overlay",
     "edge_weights",
     "fit_models",
     "fit_rosin_rammler",
+    "fit_size_correction",
     "fit_swebrec",
     "iter_particle_tables",
     "load_coco_instances",
     "measure_instances",
     "measure_particle",
+    "particle_weights",
     "psd_accuracy",
     "resolve_image_paths",
     "sieve_series",

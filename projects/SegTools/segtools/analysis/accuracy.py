@@ -11,7 +11,11 @@ to diameter^3, as in the reports):
 * ground-truth masks of all interior particles against their true sizes: adds the bias of
   occlusion (a hidden particle shows a smaller mask);
 * predicted masks not touching the border against the true sizes of all interior particles: what
-  a model on the belt reports, occlusion and segmentation errors included.
+  a model on the belt reports, occlusion and segmentation errors included; and against the
+  ground-truth masks of the same particles, which is all a count calibration can aim at.
+
+With a model's size correction (:mod:`.size_correction`), the predictions are compared once more,
+each weighing its size bin's factor.
 """
 
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ import numpy as np
 from ..data.coco_input import CocoFormatError, check_ground_truth, read_coco_json
 from .coco_particles import iter_particle_tables, load_coco_instances
 from .distribution import CumulativeCurve
+from .size_correction import SizeCorrection
 
 __all__ = ["DValueComparison", "psd_accuracy"]
 
@@ -49,16 +54,20 @@ class DValueComparison:
     relative_error: dict
 
 
-def _d_values(diameters: np.ndarray, weighting: str) -> dict:
-    weights = diameters**3 if weighting == "mass" else np.ones_like(diameters)
+def _d_values(diameters: np.ndarray, weighting: str, counts: np.ndarray | None = None) -> dict:
+    counts = np.ones_like(diameters) if counts is None else counts
+    weights = counts * diameters**3 if weighting == "mass" else counts
     d50, d80 = CumulativeCurve.from_particles(diameters, weights).size_at_percent([50, 80])
     return {"D50": float(d50), "D80": float(d80)}
 
 
-def _compare(subset: str, measured: np.ndarray, true: np.ndarray) -> list:
+def _compare(
+    subset: str, measured: np.ndarray, true: np.ndarray, counts: np.ndarray | None = None
+) -> list:
+    """`counts`: (N,) count weight of each measured particle (default 1)."""
     rows = []
     for weighting in ("count", "mass"):
-        got, want = _d_values(measured, weighting), _d_values(true, weighting)
+        got, want = _d_values(measured, weighting, counts), _d_values(true, weighting)
         rows.append(
             DValueComparison(
                 subset=subset,
@@ -93,6 +102,7 @@ def psd_accuracy(
     max_hidden: float = 0.05,
     show_progress: bool = False,
     min_visibility: float | None = None,
+    size_correction: SizeCorrection | None = None,
 ) -> list:
     """
     Args:
@@ -102,6 +112,7 @@ def psd_accuracy(
         max_hidden: largest hidden fraction of the "whole" subset.
         min_visibility: also compare the predictions estimated at least this visible (see
             :func:`load_coco_instances`).
+        size_correction: also compare the predictions weighted by this model's size correction.
 
     Returns:
         list[DValueComparison], by count and by mass for each comparison.
@@ -128,7 +139,15 @@ def psd_accuracy(
         _, predicted, predicted_border = _measured_diameters(
             predictions_json, score_thresh, show_progress
         )
-        rows += _compare("predictions, interior", predicted[~predicted_border], truth[interior])
+        predicted = predicted[~predicted_border]
+        visible = measured[interior]
+        rows += _compare("predictions, interior", predicted, truth[interior])
+        rows += _compare("predictions, interior, vs visible ground truth", predicted, visible)
+        if size_correction is not None:
+            counts = size_correction.factors_for(predicted)
+            subset = "predictions, interior, size-corrected"
+            rows += _compare(subset, predicted, truth[interior], counts)
+            rows += _compare(f"{subset}, vs visible ground truth", predicted, visible, counts)
         if min_visibility is not None:
             _, whole_predicted, whole_border = _measured_diameters(
                 predictions_json, score_thresh, show_progress, min_visibility

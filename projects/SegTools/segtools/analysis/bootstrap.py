@@ -19,8 +19,8 @@ from .distribution import (
     WEIGHTINGS,
     CumulativeCurve,
     SizeDistribution,
-    edge_weights,
     mass_proxy,
+    particle_weights,
 )
 from .size_measures import ParticleTable
 
@@ -96,7 +96,7 @@ def bootstrap_bands(
         return None
     rng = np.random.default_rng(options.seed)
     sizes = particles.size_mm(distribution.measure)
-    weights = edge_weights(particles, distribution.edge_mode)
+    weights = particle_weights(particles, distribution.edge_mode, distribution.size_correction)
     order = np.argsort(sizes, kind="stable")
     used = order[weights[order] > 0]
     used_sizes = sizes[used]  # ascending

@@ -1,9 +1,10 @@
 """
 Particle-size distributions (sieve curves) from a table of measured particles.
 
-Weighting. Each particle gets an edge weight (1, 0 if excluded, or its Miles-Lantuejoul weight)
-and the distribution is given twice: by count (weight = edge weight) and by mass (edge weight x
-volume proxy, see :data:`MASS_PROXY`), the latter being what a sieve reports.
+Weighting. Each particle gets an edge weight (1, 0 if excluded, or its Miles-Lantuejoul weight),
+times its size bin's factor when the model's size correction is given (:mod:`.size_correction`),
+and the distribution is given twice: by count (weight = that weight) and by mass (weight x volume
+proxy, see :data:`MASS_PROXY`), the latter being what a sieve reports.
 
 Curves. Percent passing at a size x is the exact weighted fraction of particles of size <= x (a
 step function, as a sieve with aperture x would give); the retained histogram over a sieve series
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .size_correction import SizeCorrection
 from .size_measures import ParticleTable
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "SizeDistribution",
     "edge_weights",
     "mass_proxy",
+    "particle_weights",
     "sieve_series",
     "size_distribution",
 ]
@@ -42,7 +45,7 @@ TOPSIZE_PERCENT = 95
 
 MASS_PROXY = (
     "mass proportional to volume proportional to (projected area)^1.5, i.e. equal density and "
-    "geometrically similar shapes assumed; no fines correction"
+    "geometrically similar shapes assumed"
 )
 INTERPOLATION = (
     "particles sorted by size, each placed at the middle of its own weight step (Hazen plotting "
@@ -85,6 +88,19 @@ def edge_weights(particles: ParticleTable, edge_mode: str) -> np.ndarray:
     free_w = np.maximum(frame_w - records["bbox_w"], 1)
     free_h = np.maximum(frame_h - records["bbox_h"], 1)
     return np.where(interior, frame_w * frame_h / (free_w * free_h), 0.0)
+
+
+def particle_weights(
+    particles: ParticleTable, edge_mode: str, size_correction: SizeCorrection | None = None
+) -> np.ndarray:
+    """
+    (N,) count weight of each particle: its edge weight (:func:`edge_weights`), times its size
+    bin's factor when a :class:`SizeCorrection` of the model that predicted it is given.
+    """
+    weights = edge_weights(particles, edge_mode)
+    if size_correction is not None:
+        weights = weights * size_correction.factors_for(particles.records["ecd"])
+    return weights
 
 
 def mass_proxy(particles: ParticleTable) -> np.ndarray:
@@ -177,6 +193,7 @@ class SizeDistribution:
             particles; no Miles-Lantuejoul weight exists for them).
         count, mass: the curves weighted by count and by mass.
         sieves_mm: (S,) sieve series covering the used particles (empty if none).
+        size_correction: the per-size factors the weights include, if any.
     """
 
     measure: str
@@ -188,6 +205,7 @@ class SizeDistribution:
     count: CumulativeCurve
     mass: CumulativeCurve
     sieves_mm: np.ndarray
+    size_correction: SizeCorrection | None = None
 
     def curve(self, weighting: str) -> CumulativeCurve:
         if weighting not in WEIGHTINGS:
@@ -211,6 +229,7 @@ def size_distribution(
     measure: str = "ecd",
     edge_mode: str = "include",
     sieves_mm: Sequence[float] | None = None,
+    size_correction: SizeCorrection | None = None,
 ) -> SizeDistribution:
     """
     Build the count- and mass-weighted size distributions of a particle table.
@@ -221,9 +240,10 @@ def size_distribution(
         edge_mode: one of EDGE_MODES, see :func:`edge_weights`.
         sieves_mm: sieve apertures in mm (at least 2, > 0; sorted here); default
             :func:`sieve_series` over the used particles.
+        size_correction: see :func:`particle_weights`.
     """
     sizes = particles.size_mm(measure)
-    weights = edge_weights(particles, edge_mode)
+    weights = particle_weights(particles, edge_mode, size_correction)
     records = particles.records
     count = CumulativeCurve.from_particles(sizes, weights)
     mass = CumulativeCurve.from_particles(sizes, weights * mass_proxy(particles))
@@ -250,4 +270,5 @@ def size_distribution(
         count=count,
         mass=mass,
         sieves_mm=sieves,
+        size_correction=size_correction,
     )

@@ -7,8 +7,9 @@ A report folder holds:
 * ``distribution.csv``: per sieve, percent retained and cumulative percent passing, by count
   and by mass, with the passing's bootstrap interval;
 * ``summary.json``: scale, counts (border particles included, annotations skipped unmeasured
-  by reason), edge mode, D-values with their bootstrap intervals and fits by count and by mass,
-  and the statements of how mass, interpolation, topsize and the intervals are defined;
+  by reason), edge mode, size correction, D-values with their bootstrap intervals and fits by
+  count and by mass, and the statements of how mass, interpolation, topsize and the intervals
+  are defined;
 * ``psd.png``: cumulative passing on a log size axis with its bootstrap band, and the histogram
   over the sieve series.
 """
@@ -44,9 +45,11 @@ from .distribution import (
     SizeDistribution,
     edge_weights,
     mass_proxy,
+    particle_weights,
     size_distribution,
 )
 from .fits import FitResult, fit_models
+from .size_correction import SizeCorrection
 from .size_measures import LENGTH_MEASURES, ParticleTable
 
 __all__ = [
@@ -87,14 +90,17 @@ def csv_text(header: list[str], rows) -> str:
     return buffer.getvalue()
 
 
-def _particles_csv(particles: ParticleTable, edge_mode: str) -> str:
+def _particles_csv(
+    particles: ParticleTable, edge_mode: str, size_correction: SizeCorrection | None
+) -> str:
     records, scale = particles.records, particles.mm_per_px
-    weights = edge_weights(particles, edge_mode)
+    weights = particle_weights(particles, edge_mode, size_correction)
     columns = {
         "image_id": records["image_id"],
         "annotation_id": records["annotation_id"],
         "score": records["score"],
         "touches_border": records["touches_border"].astype(int),
+        "edge_weight": edge_weights(particles, edge_mode),
         "weight": weights,
         "mass_weight_mm3": weights * mass_proxy(particles),
         "area_px": records["area"],
@@ -176,9 +182,13 @@ def summarize(
             },
             "skipped_by_reason": skipped,
             "weighting": {
-                "count": "each used particle weighs its edge weight",
-                "mass": f"edge weight x mass proxy; {MASS_PROXY}",
+                "count": "each used particle weighs its edge weight"
+                + (" x its size bin's factor" if distribution.size_correction else ""),
+                "mass": f"count weight x mass proxy; {MASS_PROXY}",
             },
+            "size_correction": (
+                distribution.size_correction.to_dict() if distribution.size_correction else None
+            ),
             "interpolation": INTERPOLATION,
             "topsize_definition": TOPSIZE_DEFINITION,
             "d_values_mm": {w: distribution.curve(w).d_values() for w in WEIGHTINGS},
@@ -290,6 +300,7 @@ def render_psd_plot(
     counts = (
         f"{distribution.n_used} particles used of {distribution.n_particles}, "
         f"{distribution.n_border} touching the border, edge mode {distribution.edge_mode}"
+        + (", weighted by the model's size correction" if distribution.size_correction else "")
     )
     histogram_axes.set_title(counts, fontsize=9)
     canvas.draw()
@@ -305,6 +316,7 @@ def write_psd_report(
     title: str = "",
     skipped: Mapping[str, int] | None = None,
     bootstrap: BootstrapOptions | None = DEFAULT_BOOTSTRAP,
+    size_correction: SizeCorrection | None = None,
 ) -> dict:
     """
     Write the four report files for `particles` into a new folder `out_dir`, all at once.
@@ -314,6 +326,7 @@ def write_psd_report(
         title: shown in the plot and the summary.
         skipped: as in :func:`summarize`.
         bootstrap: how to bootstrap the intervals; None: no intervals.
+        size_correction: the model's per-size factors (:mod:`.size_correction`), if any.
 
     Returns:
         The summary written to summary.json.
@@ -323,13 +336,14 @@ def write_psd_report(
             is never mixed with a new one).
     """
     check_new_or_empty_folder(out_dir, "report folder")
-    distribution = size_distribution(particles, measure, edge_mode, sieves_mm)
+    distribution = size_distribution(particles, measure, edge_mode, sieves_mm, size_correction)
     fits = {weighting: fit_models(distribution.curve(weighting)) for weighting in WEIGHTINGS}
     bands = bootstrap_bands(particles, distribution, bootstrap) if bootstrap else None
     summary = summarize(distribution, fits, particles.mm_per_px, title, skipped, bands)
     with atomic_directory(out_dir) as tmp_dir:
         atomic_write_text(
-            os.path.join(tmp_dir, PARTICLES_CSV), _particles_csv(particles, edge_mode)
+            os.path.join(tmp_dir, PARTICLES_CSV),
+            _particles_csv(particles, edge_mode, size_correction),
         )
         atomic_write_text(
             os.path.join(tmp_dir, DISTRIBUTION_CSV), _distribution_csv(distribution, bands)

@@ -20,6 +20,7 @@ from ..analysis import (
     DEFAULT_BOOTSTRAP,
     BootstrapOptions,
     ParticleTable,
+    SizeCorrection,
     measure_instances,
     write_psd_report,
 )
@@ -48,6 +49,8 @@ class PsdOptions:
     bootstrap: BootstrapOptions | None = DEFAULT_BOOTSTRAP
     # Size only the particles the model estimates at least this visible (None: all).
     min_visibility: float | None = None
+    # The model's per-size detection efficiency, from its count calibration (None: unweighted).
+    size_correction: SizeCorrection | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,7 @@ def predict_to_folder(
                 edge_mode=psd.edge_mode,
                 title=f"all {len(record.images)} image(s)",
                 bootstrap=psd.bootstrap,
+                size_correction=psd.size_correction,
             )
     except BaseException as error:
         _write_failed_run(error, output, record)
@@ -263,5 +267,6 @@ def _write_image_psd(detections, entry: dict, output: str, psd: PsdOptions) -> P
         edge_mode=psd.edge_mode,
         title=entry["name"],
         bootstrap=psd.bootstrap,
+        size_correction=psd.size_correction,
     )
     return table
