@@ -230,7 +230,8 @@ def render_psd_plot(
     Returns:
         (H, W, 3) BGR uint8 image.
     """
-    figure = Figure(figsize=(12, 4.8), dpi=100)
+    # Constrained layout keeps the axis labels and the two-line title inside the picture.
+    figure = Figure(figsize=(12, 4.8), dpi=100, layout="constrained")
     canvas = FigureCanvasAgg(figure)
     curve_axes, histogram_axes = figure.subplots(1, 2)
     figure.suptitle(title or "Particle-size distribution")
@@ -300,7 +301,7 @@ def render_psd_plot(
     counts = (
         f"{distribution.n_used} particles used of {distribution.n_particles}, "
         f"{distribution.n_border} touching the border, edge mode {distribution.edge_mode}"
-        + (", weighted by the model's size correction" if distribution.size_correction else "")
+        + ("\nweighted by the model's size correction" if distribution.size_correction else "")
     )
     histogram_axes.set_title(counts, fontsize=9)
     canvas.draw()
