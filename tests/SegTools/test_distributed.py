@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from segtools.calibration import calibration_path, read_calibration
 from segtools.projects import registered_projects
@@ -35,11 +36,13 @@ def datasets_root(tmp_path_factory):
 
 def test_two_processes_train_and_evaluate_losnet(datasets_root, tmp_path):
     # The synthetic sets are generated here, by the first process only, while the other waits.
-    # An untrained model scores below the default threshold: report every detection.
+    # An untrained model scores below the default threshold: report every detection. With the
+    # weights averaged, which the evaluation and the calibration must both see.
     keys = LOSNET.inference_keys["LosNet"]
     evaluate = ["DATASETS.TEST", "('ore_synthetic_val',)", keys.score_thresh, "0.0",
                 keys.detections_per_image, "20",
-                "SEGTOOLS.COUNT_CALIBRATION.DATASET", "ore_synthetic_val"]  # fmt: skip
+                "SEGTOOLS.COUNT_CALIBRATION.DATASET", "ore_synthetic_val",
+                "SEGTOOLS.SOLVER.EMA_DECAY", "0.9"]  # fmt: skip
     port = free_port()
     output = finish(
         start(
@@ -51,6 +54,8 @@ def test_two_processes_train_and_evaluate_losnet(datasets_root, tmp_path):
         assert output.count(f"synthetic ore:   0%|          | 0/{num_images}") == 1, output
     assert sorted(os.listdir(datasets_root / "ore_synthetic")) == ["train", "val"]
     check_training(LOSNET, tmp_path)
+    final = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["weight_average"]["updates"] == 3
     with open(tmp_path / "evaluation_results.json") as f:
         assert set(json.load(f)) == {"bbox", "segm"}  # evaluated on both processes
     # Calibrated on both processes: the scores of every image, each once, as the evaluation's.

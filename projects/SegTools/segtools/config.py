@@ -181,6 +181,7 @@ def check_config_values(cfg: CfgNode) -> None:
     if len(betas) != 2:
         raise ConfigValueError(f"SEGTOOLS.SOLVER.ADAMW_BETAS = {betas!r}: expected two numbers")
     _check(cfg, "SEGTOOLS.SOLVER.ADAMW_BETAS", lambda v: 0 <= v < 1, "two numbers in [0, 1)")
+    _check(cfg, "SEGTOOLS.SOLVER.EMA_DECAY", lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)")
     try:
         keys = inference_keys(cfg.MODEL.META_ARCHITECTURE)
     except KeyError:

@@ -35,7 +35,13 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (
+    DefaultTrainer,
+    default_argument_parser,
+    default_setup,
+    hooks,
+    launch,
+)
 from detectron2.engine import defaults as detectron2_defaults
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -49,6 +55,7 @@ from .data import CheckedDatasetMapper, check_dataset_files, prepare_dataset
 from .evaluation import build_evaluator
 from .projects import inference_keys
 from .solver import build_optimizer
+from .weight_average import WeightAverageHook
 
 __all__ = [
     "Trainer",
@@ -79,8 +86,9 @@ class Trainer(DefaultTrainer):
     Detectron2's DefaultTrainer with the evaluator the test set's metadata asks for, the
     optimizer SEGTOOLS.SOLVER.OPTIMIZER names, data
     mappers whose read errors name the image, every evaluation written to
-    OUTPUT_DIR/evaluation_results.json, DistributedDataParallel on CPUs too, and the initial
-    weights checked as the module docstring says.
+    OUTPUT_DIR/evaluation_results.json, DistributedDataParallel on CPUs too, the initial
+    weights checked as the module docstring says, and with SEGTOOLS.SOLVER.EMA_DECAY the average
+    of the weights in checkpoints and evaluations (segtools.weight_average).
     """
 
     def __init__(self, cfg):
@@ -95,6 +103,25 @@ class Trainer(DefaultTrainer):
             ),
         ):
             super().__init__(cfg)
+
+    def build_hooks(self):
+        hook_list = super().build_hooks()
+        decay = self.cfg.SEGTOOLS.SOLVER.EMA_DECAY
+        if decay == 0:
+            return hook_list
+        average = WeightAverageHook(
+            decay, self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.TEST.EVAL_PERIOD
+        )
+        self.checkpointer.add_checkpointable("weight_average", average)
+        # The average is in the model from before the checkpointer to after the evaluation.
+        seeing = [
+            i
+            for i, hook in enumerate(hook_list)
+            if isinstance(hook, (hooks.PeriodicCheckpointer, hooks.EvalHook))
+        ]
+        hook_list.insert(seeing[-1] + 1, average.restorer)
+        hook_list.insert(seeing[0], average)
+        return hook_list
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -92,6 +92,10 @@ def add_segtools_config(cfg) -> None:
     cfg.SEGTOOLS.SOLVER = CN()
     cfg.SEGTOOLS.SOLVER.OPTIMIZER = "SGD"
     cfg.SEGTOOLS.SOLVER.ADAMW_BETAS = (0.9, 0.999)
+    # Checkpoints, evaluations and the final model hold an exponential moving average of the
+    # training weights with this decay per step (segtools.weight_average); 0: the weights as
+    # trained.
+    cfg.SEGTOOLS.SOLVER.EMA_DECAY = 0.0
 
 
 # Detectron2's own meta-architectures that this repository's configs use, and the config keys
