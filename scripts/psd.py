@@ -24,16 +24,27 @@ segmentation, no area or thinner than a pixel, wholly outside the image) is not 
 prints how many were skipped and why, counts them in each summary.json and d_values.csv, and
 lists them in skipped.csv.
 
+With --calibration, the predictions are those at the model's count-calibrated threshold, each
+weighing its size bin's factor (segtools.analysis.size_correction), as predict.py's reports.
+
 Example:
     python scripts/psd.py --coco-json output/inference/coco_instances_results.json \\
-        --mm-per-px 0.42 --edge-mode miles-lantuejoul --out output/psd
+        --mm-per-px 0.42 --edge-mode miles-lantuejoul --out output/psd \\
+        [--calibration output/model_final.calibration.json]
 """
 
 import argparse
 import sys
 
 from segtools.analysis import EDGE_MODES, LENGTH_MEASURES, write_coco_psd_reports
-from segtools.cli import add_bootstrap_arguments, bootstrap_options, bounded_float, run_tool
+from segtools.calibration import load_calibration
+from segtools.cli import (
+    UsageError,
+    add_bootstrap_arguments,
+    bootstrap_options,
+    bounded_float,
+    run_tool,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="drop predictions scoring below it, in [0, 1]",
     )
+    parser.add_argument(
+        "--calibration",
+        help="the predicting model's count calibration file (model_final.calibration.json): its "
+        "score threshold, and its size correction weighing each particle",
+    )
     add_bootstrap_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -79,6 +95,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.exclude_edge and args.edge_mode not in (None, "exclude"):
         parser.error(f"--exclude-edge contradicts --edge-mode {args.edge_mode}")
+    score_thresh, size_correction = args.score_thresh, None
+    if args.calibration is not None:
+        if args.score_thresh:
+            raise UsageError("--score-thresh contradicts --calibration, which sets the threshold")
+        calibration = load_calibration(args.calibration)
+        score_thresh, size_correction = calibration.score_threshold, calibration.size_correction
     table = write_coco_psd_reports(
         args.coco_json,
         args.out,
@@ -86,10 +108,11 @@ def main(argv=None) -> int:
         image_dir=args.images,
         measure=args.size_measure,
         edge_mode="exclude" if args.exclude_edge else (args.edge_mode or "include"),
-        score_thresh=args.score_thresh,
+        score_thresh=score_thresh,
         min_visibility=args.min_visibility,
         show_progress=not args.no_progress,
         bootstrap=bootstrap_options(args),
+        size_correction=size_correction,
     )
     print(table)
     print(f"Reports written to {args.out}")

@@ -29,6 +29,7 @@ OPTS = [
 
 calibrate_script = load_script("calibrate_count")
 predict_script = load_script("predict")
+psd_script = load_script("psd")
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -165,6 +166,27 @@ def test_predict_weighs_particle_sizes_by_the_size_correction(
         assert predict(weights, calibration_set[1], tmp_path / name, *psd, *flags) == 0
         summary, _, particle_weights = particle_weights_of(tmp_path / name / "psd" / "all")
         assert summary["size_correction"] is None and (particle_weights == 1).all()
+
+
+def test_psd_of_saved_predictions_takes_the_calibration(
+    calibrated, calibration_set, tmp_path, capsys
+):
+    weights, calibration = calibrated
+    # Predictions of every detection above 0.05; psd.py keeps those above the calibrated threshold.
+    assert predict(weights, calibration_set[1], tmp_path / "run", "--score-thresh", "0.05") == 0
+    results = str(tmp_path / "run" / "results.json")
+    argv = ["--coco-json", results, "--mm-per-px", "1", "--no-progress", "--bootstrap", "0",
+            "--calibration", calibration_path(weights)]  # fmt: skip
+    assert run_tool(psd_script.main, [*argv, "--out", str(tmp_path / "psd")]) == 0
+    summary, ecd, particle_weights = particle_weights_of(tmp_path / "psd" / "all")
+    assert summary["size_correction"] == calibration["size_correction"]
+    assert len(ecd) == calibration["true_count"]
+    correction = SizeCorrection.from_dict(calibration["size_correction"])
+    assert particle_weights.tolist() == correction.factors_for(ecd).tolist()
+    capsys.readouterr()
+    out = str(tmp_path / "both")
+    assert run_tool(psd_script.main, [*argv, "--score-thresh", "0.3", "--out", out]) == 2
+    assert "--score-thresh contradicts --calibration" in capsys.readouterr().err
 
 
 def test_calibration_files_without_size_correction_are_read(calibrated, calibration_set, tmp_path):

@@ -39,6 +39,7 @@ from .report import (
     skipped_text,
     write_psd_report,
 )
+from .size_correction import SizeCorrection
 from .size_measures import ParticleTable
 
 __all__ = ["write_coco_psd_reports"]
@@ -65,6 +66,7 @@ def write_coco_psd_reports(
     min_visibility: float | None = None,
     show_progress: bool = True,
     bootstrap: BootstrapOptions | None = DEFAULT_BOOTSTRAP,
+    size_correction: SizeCorrection | None = None,
 ) -> str:
     """
     Measure every particle of `coco_json` and write its reports (see the module docstring).
@@ -81,6 +83,8 @@ def write_coco_psd_reports(
             :func:`load_coco_instances`).
         show_progress: show a progress bar over the images.
         bootstrap: the reports' confidence intervals (None: none), as in
+            :func:`write_psd_report`.
+        size_correction: the predicting model's per-size factors, as in
             :func:`write_psd_report`.
 
     Returns:
@@ -104,7 +108,13 @@ def write_coco_psd_reports(
             report_dir = os.path.join(tmp_dir, "images", image.name)
             reasons = Counter(placement.value for _, placement in skipped)
             summaries[image.name] = write_psd_report(
-                table, report_dir, title=image.name, skipped=reasons, bootstrap=bootstrap, **options
+                table,
+                report_dir,
+                title=image.name,
+                skipped=reasons,
+                bootstrap=bootstrap,
+                size_correction=size_correction,
+                **options,
             )
             skipped_rows += [(image.image_id, id_, placement.value) for id_, placement in skipped]
             if image.image_id in photo_paths:
@@ -120,6 +130,7 @@ def write_coco_psd_reports(
             title=os.path.basename(coco_json),
             skipped=skipped,
             bootstrap=bootstrap,
+            size_correction=size_correction,
             **options,
         )
         atomic_write_text(os.path.join(tmp_dir, "d_values.csv"), d_values_csv(summaries))
