@@ -5,14 +5,23 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_train_net import CONFIG, SMALL, tiny_synthetic_ore  # noqa: F401 (registers the set)
+from test_train_net import CONFIG, SMALL
 from torch import nn
 
 from segtools import engine
 from segtools.config import ConfigValueError, get_project_cfg
 from segtools.weight_average import WeightAverageHook
 
+from helpers import register_four_synthetic_images
+
+DATASET = "test_weight_average_ore"
+
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_dataset(tmp_path_factory):
+    register_four_synthetic_images(tmp_path_factory.mktemp("ore"), DATASET)
 
 
 def small_model() -> nn.Module:
@@ -105,7 +114,8 @@ def test_config_refuses_a_decay_of_one():
 
 def train(output_dir, *opts, period=2, flags=()):
     args = engine.argument_parser().parse_args(
-        ["--config-file", CONFIG, *flags, *SMALL, "SOLVER.MAX_ITER", "4",
+        ["--config-file", CONFIG, *flags, *SMALL, "DATASETS.TRAIN", f"('{DATASET}',)",
+         "DATASETS.TEST", f"('{DATASET}',)", "SOLVER.MAX_ITER", "4",
          "SOLVER.CHECKPOINT_PERIOD", str(period), "SEED", "3", "OUTPUT_DIR", str(output_dir),
          *opts]
     )  # fmt: skip
