@@ -77,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--score-thresh",
         type=bounded_float(0.0, 1.0),
-        default=0.0,
-        help="drop predictions scoring below it, in [0, 1]",
+        help="drop predictions scoring below it, in [0, 1] (default 0)",
     )
     parser.add_argument(
         "--calibration",
@@ -95,9 +94,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.exclude_edge and args.edge_mode not in (None, "exclude"):
         parser.error(f"--exclude-edge contradicts --edge-mode {args.edge_mode}")
-    score_thresh, size_correction = args.score_thresh, None
+    score_thresh, size_correction = args.score_thresh or 0.0, None
     if args.calibration is not None:
-        if args.score_thresh:
+        if args.score_thresh is not None:
             raise UsageError("--score-thresh contradicts --calibration, which sets the threshold")
         calibration = load_calibration(args.calibration)
         score_thresh, size_correction = calibration.score_threshold, calibration.size_correction

@@ -18,7 +18,6 @@ masks the frame cuts.
 import hashlib
 import json
 import logging
-import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -31,6 +30,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 
 from .analysis.size_correction import SizeCorrection, fit_size_correction
+from .analysis.size_measures import box_touches_border, equivalent_circle_diameter
 from .atomic_io import atomic_write_json
 from .config import set_test_score_threshold, test_score_threshold
 from .data import CheckedDatasetMapper
@@ -144,10 +144,11 @@ class _DetectionCollector(DatasetEvaluator):
 
 def _interior_ecd(masks: torch.Tensor) -> np.ndarray:
     """(N,) ECD in pixels of (N, H, W) boolean masks, NaN for those touching the border."""
-    area = masks.flatten(1).sum(dim=1).double().numpy()
+    area = masks.flatten(1).sum(dim=1).numpy()
+    # A pixel in the first or last row or column: the mask's box touches the frame.
     edges = (masks[:, 0], masks[:, -1], masks[:, :, 0], masks[:, :, -1])
     border = torch.stack([edge.any(dim=1) for edge in edges]).any(dim=0).numpy()
-    return np.where(border, np.nan, np.sqrt(4 * area / np.pi))
+    return np.where(border, np.nan, equivalent_circle_diameter(area))
 
 
 def _annotated_interior_ecd(records: list) -> np.ndarray:
@@ -160,9 +161,9 @@ def _annotated_interior_ecd(records: list) -> np.ndarray:
                 continue
             mask, (x0, y0) = decode_in_box(annotation["segmentation"], height, width)
             h, w = mask.shape
-            if min(x0, y0) == 0 or x0 + w == width or y0 + h == height or not mask.any():
+            if not mask.any() or box_touches_border(x0, y0, w, h, width, height):
                 continue
-            sizes.append(math.sqrt(4 * int(mask.sum()) / math.pi))
+            sizes.append(equivalent_circle_diameter(int(mask.sum())))
     return np.asarray(sizes, dtype=np.float64)
 
 

@@ -43,7 +43,9 @@ __all__ = [
     "PARTICLE_DTYPE",
     "ParticleMeasures",
     "ParticleTable",
+    "box_touches_border",
     "check_mm_per_px",
+    "equivalent_circle_diameter",
     "measure_instances",
     "measure_particle",
 ]
@@ -114,6 +116,16 @@ def check_mm_per_px(mm_per_px: float) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"mm_per_px must be a finite number > 0, got {mm_per_px!r}")
     return value
+
+
+def equivalent_circle_diameter(area):
+    """Diameter of the circle of `area` (a number or an array), in the same length unit."""
+    return np.sqrt(4.0 * np.asarray(area, dtype=np.float64) / np.pi)
+
+
+def box_touches_border(x, y, w, h, frame_w, frame_h):
+    """Whether the box (x, y, w, h) of a mask's pixels reaches the edge of its frame."""
+    return (x == 0) | (y == 0) | (x + w == frame_w) | (y + h == frame_h)
 
 
 def _caliper_diameters(hull: np.ndarray) -> tuple[float, float]:
@@ -199,7 +211,7 @@ def _measure_mask(mask: np.ndarray, origin: tuple, frame_size: tuple) -> Particl
 
     return ParticleMeasures(
         area=float(area),
-        ecd=math.sqrt(4.0 * area / math.pi),
+        ecd=float(equivalent_circle_diameter(area)),
         feret_min=feret_min + 1.0,
         feret_max=feret_max + 1.0,
         rect_width=float(min(rect_sides)) + 1.0,
@@ -212,7 +224,7 @@ def _measure_mask(mask: np.ndarray, origin: tuple, frame_size: tuple) -> Particl
         bbox_y=y,
         bbox_w=w,
         bbox_h=h,
-        touches_border=bool(x == 0 or y == 0 or x + w == frame_w or y + h == frame_h),
+        touches_border=bool(box_touches_border(x, y, w, h, frame_w, frame_h)),
     )
 
 
